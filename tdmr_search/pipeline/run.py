@@ -1,0 +1,381 @@
+"""One configured run: TDMR (stage 1 then stage 2) or a baseline, from data to a deployable student.
+
+Progress goes to an ``on_epoch_end(step, metrics)`` callback; this module never imports optuna.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tdmr_search import __version__
+from tdmr_search.config import PipelineConfig, dump_config, format_flops, load_config
+from tdmr_search.data import ImageSplit, TargetData, load_data
+from tdmr_search.errors import BudgetError, ModelError
+from tdmr_search.models.flops import count_flops, student_cost
+from tdmr_search.models.heads import build_classifier, build_projector
+from tdmr_search.models.students import DeployedStudent, build_student
+from tdmr_search.models.teachers import FrozenTeacher, build_teacher
+from tdmr_search.models.timm_utils import create_timm
+from tdmr_search.models.transforms import build_transform
+from tdmr_search.pipeline.loop import (
+    EpochCallback, Runtime, accuracy, batches, check_finite, cosine_schedule, seed_everything,
+)
+from tdmr_search.pipeline.stages import Phase, ProgressiveDistiller, ReprogrammedTeacher, plan_phases
+
+__all__ = [
+    "PipelineResult", "TeacherSide", "run_pipeline", "reprogram_teacher", "distill_student",
+    "save_result", "load_deployed", "deployed_cost",
+]
+
+logger = logging.getLogger(__name__)
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class TeacherSide:
+    """What stage 1 leaves for stage 2: proxy features and logits of train and val images.
+
+    ``state`` holds the trained transform, projector and proxy classifier weights.
+    """
+
+    z_train: torch.Tensor
+    logits_train: torch.Tensor
+    z_val: torch.Tensor
+    logits_val: torch.Tensor
+    val_acc: float
+    state: dict[str, dict[str, torch.Tensor]]
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PipelineResult:
+    """The outcome of one run: the resolved config, its metrics and the deployed model."""
+
+    config: PipelineConfig
+    metrics: dict[str, Any]
+    model: nn.Module | None
+    data: TargetData | None = None
+
+
+def _noop(step: int, metrics: dict) -> None:
+    return None
+
+
+def deployed_cost(config: PipelineConfig, in_chans: int, image_size: int, num_classes: int) -> tuple[float, int]:
+    """FLOPs and parameters of the deployed student of ``config``; raises when over the cap."""
+    flops, params = student_cost(config.student, in_chans, image_size, config.reprogram.proxy_dim, num_classes)
+    cap = config.max_flops_value
+    if cap is not None and flops > cap and config.method != "probe":
+        raise BudgetError(
+            f"The student {config.student.name} at {config.student.resolution}px costs {format_flops(flops)} "
+            f"FLOPs, over the cap max_flops={config.max_flops}; choose a smaller student or resolution"
+        )
+    return flops, params
+
+
+@torch.no_grad()
+def _predict(fn: Any, images: torch.Tensor, runtime: Runtime, batch: int = EVAL_BATCH) -> torch.Tensor:
+    outs = []
+    for start in range(0, len(images), batch):
+        with runtime.autocast():
+            outs.append(fn(runtime.put(images[start : start + batch])).float())
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def _train_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Seeded batches; a trailing batch of one is dropped (batch norm cannot train on it)."""
+    out = list(batches(n, batch_size, gen))
+    if len(out) > 1 and len(out[-1]) == 1:
+        out.pop()
+    return out
+
+
+def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime,
+                      on_epoch_end: EpochCallback = _noop, teacher: FrozenTeacher | None = None) -> TeacherSide:
+    """Stage 1: train T, P_T and H in front of and behind the frozen teacher with cross-entropy."""
+    start = time.perf_counter()
+    rcfg = config.reprogram
+    seed_everything(config.seed)
+    teacher = teacher or build_teacher(config.teacher)
+    transform = build_transform(rcfg.transform, teacher.input_size, teacher.mean, teacher.std, pad=rcfg.pad)
+    model = ReprogrammedTeacher(
+        transform, teacher, build_projector(rcfg.projector, teacher.feature_dim, rcfg.proxy_dim),
+        build_classifier(rcfg.proxy_dim, data.num_classes),
+    )
+    model = runtime.module(model)
+    static = not any(p.requires_grad for p in model.transform.parameters())
+    x_train, y_train = runtime.put(data.train.images), runtime.put(data.train.labels)
+    y_val = runtime.put(data.val.labels)
+    if static:  # T has no parameters: F(T(x)) is computed once and stage 1 trains on features
+        f_train = _predict(model.features, data.train.images, runtime)
+        f_val = _predict(model.features, data.val.images, runtime)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=rcfg.lr, weight_decay=rcfg.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    steps = rcfg.epochs * len(_train_batches(len(data.train), rcfg.batch_size, torch.Generator().manual_seed(0)))
+    scheduler = cosine_schedule(optimizer, steps)
+    history = []
+    for epoch in range(rcfg.epochs):
+        model.train()
+        total, count = 0.0, 0
+        for idx in _train_batches(len(data.train), rcfg.batch_size, gen):
+            idx = idx.to(runtime.device)
+            with runtime.autocast():
+                if static:
+                    logits = model.head(f_train[idx])["logits"]
+                    loss = F.cross_entropy(logits.float(), y_train[idx])
+                else:
+                    loss = model(x_train[idx], y_train[idx])["loss"]
+            check_finite(loss, "stage-1 cross-entropy")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        model.eval()
+        if static:
+            val_logits = _predict(lambda f: model.head(f)["logits"], f_val, runtime)
+        else:
+            val_logits = _predict(lambda x: model(x)["logits"], data.val.images, runtime)
+        metrics = {"stage": "reprogram", "epoch": epoch, "loss": total / max(count, 1),
+                   "teacher_val_acc": accuracy(val_logits, y_val)}
+        history.append(metrics)
+        logger.info("stage 1 epoch %d/%d  loss %.4f  teacher val acc %.4f", epoch + 1, rcfg.epochs,
+                    metrics["loss"], metrics["teacher_val_acc"])
+        on_epoch_end(epoch, metrics)
+    model.eval()
+    if static:
+        train_out = _predict(lambda f: torch.cat(list(model.head(f).values()), 1), f_train, runtime)
+        val_out = _predict(lambda f: torch.cat(list(model.head(f).values()), 1), f_val, runtime)
+    else:
+        train_out = _predict(lambda x: torch.cat(list(model(x).values()), 1), data.train.images, runtime)
+        val_out = _predict(lambda x: torch.cat(list(model(x).values()), 1), data.val.images, runtime)
+    d = rcfg.proxy_dim
+    state = {name: {k: v.detach().cpu() for k, v in getattr(model, name).state_dict().items()}
+             for name in ("transform", "projector", "classifier")}
+    val_acc = accuracy(val_out[:, d:], y_val)
+    return TeacherSide(
+        z_train=train_out[:, :d].cpu(), logits_train=train_out[:, d:].cpu(),
+        z_val=val_out[:, :d].cpu(), logits_val=val_out[:, d:].cpu(), val_acc=val_acc,
+        state=state, seconds=time.perf_counter() - start, history=history,
+    )
+
+
+def distill_student(student: DeployedStudent, phases: list[Phase], config: PipelineConfig, data: TargetData,
+                    runtime: Runtime, z_t: torch.Tensor | None, t_logits: torch.Tensor | None,
+                    on_epoch_end: EpochCallback = _noop, stage: str = "distill") -> list[dict[str, Any]]:
+    """Train ``student`` through ``phases`` on the train split, evaluating on val after every epoch."""
+    dcfg = config.distill
+    distiller = ProgressiveDistiller(student, dcfg.feature_loss)
+    runtime.module(student)
+    x, y = runtime.put(data.train.images), runtime.put(data.train.labels)
+    y_val = runtime.put(data.val.labels)
+    z_t = None if z_t is None else runtime.put(z_t)
+    t_logits = None if t_logits is None else runtime.put(t_logits)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=dcfg.lr, weight_decay=dcfg.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    per_epoch = len(_train_batches(len(data.train), dcfg.batch_size, torch.Generator().manual_seed(0)))
+    total_epochs = sum(p.epochs for p in phases)
+    scheduler = cosine_schedule(optimizer, total_epochs * per_epoch, warmup=min(per_epoch, 10))
+    history: list[dict[str, Any]] = []
+    step = 0
+    for phase in phases:
+        student.classifier.requires_grad_(phase.train_classifier)
+        for _ in range(phase.epochs):
+            student.train()
+            sums = {"loss": 0.0, "feat": 0.0, "kd": 0.0, "ce": 0.0}
+            count = 0
+            for idx in _train_batches(len(data.train), dcfg.batch_size, gen):
+                idx = idx.to(runtime.device)
+                with runtime.autocast():
+                    out = distiller(x[idx], y[idx], None if z_t is None else z_t[idx],
+                                    None if t_logits is None else t_logits[idx], phase)
+                check_finite(out["loss"], f"{stage} (phase {phase.index + 1})")
+                optimizer.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                optimizer.step()
+                scheduler.step()
+                for k in sums:
+                    sums[k] += float(out[k].detach()) * len(idx)
+                count += len(idx)
+            student.eval()
+            val_acc = accuracy(_predict(student, data.val.images, runtime), y_val)
+            metrics = {"stage": stage, "epoch": step, "phase": phase.index + 1, "val_acc": val_acc,
+                       "temperature": phase.temperature, **{k: v / max(count, 1) for k, v in sums.items()}}
+            history.append(metrics)
+            logger.info("%s epoch %d/%d (phase %d)  loss %.4f  val acc %.4f", stage, step + 1, total_epochs,
+                        phase.index + 1, metrics["loss"], val_acc)
+            on_epoch_end(step, metrics)
+            step += 1
+    student.classifier.requires_grad_(True)
+    return history
+
+
+def _probe_features(teacher: FrozenTeacher, split: ImageSplit, runtime: Runtime) -> torch.Tensor:
+    transform = runtime.module(build_transform("resize", teacher.input_size, teacher.mean, teacher.std))
+    return _predict(lambda x: teacher(transform(x)), split.images, runtime)
+
+
+def _linear_probe(config: PipelineConfig, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  runtime: Runtime) -> nn.Module:
+    """A linear head trained with cross-entropy on frozen teacher features."""
+    seed_everything(config.seed)
+    head = runtime.module(nn.Linear(feats.shape[1], num_classes))
+    feats, labels = runtime.put(feats), runtime.put(labels)
+    rcfg = config.reprogram
+    optimizer = torch.optim.AdamW(head.parameters(), lr=rcfg.lr, weight_decay=rcfg.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    for _ in range(rcfg.epochs):
+        for idx in _train_batches(len(labels), rcfg.batch_size, gen):
+            idx = idx.to(runtime.device)
+            loss = F.cross_entropy(head(feats[idx]).float(), labels[idx])
+            check_finite(loss, "linear probe")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return head.eval()
+
+
+def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, data: TargetData | None = None,
+                 teacher_side: TeacherSide | None = None) -> PipelineResult:
+    """Run ``config`` end to end and return its metrics and deployed model.
+
+    Args:
+        config: The resolved config; ``config.method`` picks TDMR or a baseline.
+        on_epoch_end: Called after every epoch with the epoch index and a metrics dict whose
+            ``stage`` is 'reprogram', 'distill' or the baseline's name.
+        data: Already loaded target data (loaded from ``config.data`` when None).
+        teacher_side: A stage-1 outcome to reuse instead of running stage 1 (TDMR only).
+    """
+    runtime = Runtime.create(config.device)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = data or load_data(config.data, config.seed)
+    seconds["data"] = time.perf_counter() - t0
+    metrics: dict[str, Any] = {"method": config.method, "tdmr_search_version": __version__,
+                               "device": str(runtime.device), "data": data.summary()}
+    model: nn.Module | None = None
+    if config.method == "probe":
+        t0 = time.perf_counter()
+        teacher = runtime.module(build_teacher(config.teacher))
+        head = _linear_probe(config, _probe_features(teacher, data.train, runtime), data.train.labels,
+                             data.num_classes, runtime)
+        val_acc = accuracy(head(runtime.put(_probe_features(teacher, data.val, runtime))).cpu(), data.val.labels)
+        test_acc = accuracy(head(runtime.put(_probe_features(teacher, data.test, runtime))).cpu(), data.test.labels)
+        size = teacher.input_size
+        flops, params = count_flops(  # the teacher with a K-class linear head is the probe
+            lambda: create_timm(config.teacher.name, "teacher.name", img_size=config.teacher.input_size,
+                                pretrained=False, num_classes=data.num_classes),
+            (1, 3, size, size),
+        )
+        seconds["probe"] = time.perf_counter() - t0
+        metrics.update(val_acc=val_acc, test_acc=test_acc, teacher_val_acc=val_acc, flops=flops, params=params,
+                       teacher_cached=False, seconds=seconds)
+        return PipelineResult(config, metrics, None, data)
+
+    flops, params = deployed_cost(config, data.channels, data.image_size, data.num_classes)
+    metrics.update(flops=flops, params=params)
+    seed_everything(config.seed)
+    student = build_student(config.student, data.channels, config.reprogram.proxy_dim, data.num_classes)
+    dcfg = config.distill
+    z_t = t_logits = None
+    teacher_val_acc: float | None = None
+    cached = False
+    if config.method == "tdmr":
+        if teacher_side is None:
+            teacher_side = reprogram_teacher(config, data, runtime, on_epoch_end)
+        else:
+            cached = True
+        seconds["stage1"] = 0.0 if cached else teacher_side.seconds
+        teacher_val_acc = teacher_side.val_acc
+        student.classifier.load_state_dict(teacher_side.state["classifier"])
+        z_t, t_logits = teacher_side.z_train, teacher_side.logits_train
+        phases = plan_phases(dcfg.n_stages, dcfg.epochs, dcfg.temperature, dcfg.temperature_schedule)
+        stage = "distill"
+    elif config.method == "kd":
+        t0 = time.perf_counter()
+        teacher = runtime.module(build_teacher(config.teacher))
+        f_train = _probe_features(teacher, data.train, runtime)
+        head = _linear_probe(config, f_train, data.train.labels, data.num_classes, runtime)
+        with torch.no_grad():
+            t_logits = head(runtime.put(f_train)).float().cpu()
+            teacher_val_acc = accuracy(head(runtime.put(_probe_features(teacher, data.val, runtime))).cpu(),
+                                       data.val.labels)
+        del teacher
+        seconds["stage1"] = time.perf_counter() - t0
+        phases = [Phase(0, dcfg.epochs, 0.0, 1.0, 1.0, dcfg.temperature, True)]
+        stage = "kd"
+    else:  # scratch
+        phases = [Phase(0, dcfg.epochs, 0.0, 0.0, 1.0, 1.0, True)]
+        stage = "scratch"
+    t0 = time.perf_counter()
+    seed_everything(config.seed)
+    history = distill_student(student, phases, config, data, runtime, z_t, t_logits, on_epoch_end, stage)
+    seconds["stage2"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    student.eval()
+    test_acc = accuracy(_predict(student, data.test.images, runtime), runtime.put(data.test.labels))
+    seconds["eval"] = time.perf_counter() - t0
+    metrics.update(
+        val_acc=history[-1]["val_acc"], test_acc=test_acc, teacher_val_acc=teacher_val_acc,
+        teacher_cached=cached, seconds=seconds, history=history,
+        teacher_history=(teacher_side.history if teacher_side is not None and not cached else []),
+    )
+    model = student.cpu().eval()
+    return PipelineResult(config, metrics, model, data)
+
+
+MODEL_FILE = "student.safetensors"
+
+
+def save_result(result: PipelineResult, out_dir: str | Path) -> Path:
+    """Write ``config.yaml``, ``metrics.json``, ``model.json`` and ``student.safetensors`` to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(result.config, out / "config.yaml")
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=float) + "\n")
+    if result.model is not None and result.data is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(out / MODEL_FILE))
+        info = {
+            "format": "tdmr-search deployed student", "tdmr_search_version": __version__,
+            "student": result.config.student.name, "resolution": result.config.student.resolution,
+            "in_chans": result.data.channels, "image_size": result.data.image_size,
+            "num_classes": result.data.num_classes, "proxy_dim": result.config.reprogram.proxy_dim,
+            "class_names": result.data.class_names, "weights": MODEL_FILE,
+            "input": "N x in_chans x image_size x image_size float images with values in [0, 1]",
+        }
+        (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def load_deployed(folder: str | Path) -> DeployedStudent:
+    """Rebuild the deployed student saved by :func:`save_result` (no search code needed)."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{str(folder)!r} holds no readable model.json of a deployed student: {err}") from None
+    config = load_config(folder / "config.yaml")
+    student = build_student(config.student, info["in_chans"], info["proxy_dim"], info["num_classes"], pretrained=False)
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(folder / info.get("weights", MODEL_FILE)))
+    except Exception as err:
+        raise ModelError(f"Cannot read the student weights in {str(folder)!r}: {err}") from None
+    student.load_state_dict(state, strict=True)
+    return student.eval()

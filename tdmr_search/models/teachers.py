@@ -133,19 +133,35 @@ def _from_file(name: str, img_size: int | None, path: Path) -> nn.Module:
     return model
 
 
+def teacher_identity(cfg: TeacherConfig) -> str:
+    """A string naming the teacher and its weights: equal strings mean equal teachers."""
+    import timm
+
+    if cfg.weights == "package":
+        from tdmr_search.models.lite import packaged_weights_path
+
+        path = packaged_weights_path(cfg.name)
+        return f"{cfg.name}:package:{path.name}:{path.stat().st_size}"
+    if cfg.weights in ("hub", "random"):
+        return f"{cfg.name}:{cfg.weights}:timm-{timm.__version__}"
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise ModelError(f"The teacher weights file {str(path)!r} does not exist")
+    stat = path.stat()
+    return f"{cfg.name}:file:{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
 def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
     """Build the frozen teacher that ``cfg`` describes."""
     weights = cfg.weights
     if weights in WEIGHT_SOURCES:
         model = WEIGHT_SOURCES.create(weights, name=cfg.name, img_size=cfg.input_size)
-        identity = f"{cfg.name}:{weights}"
     else:
         path = Path(weights).expanduser()
         if not path.exists() and not any(sep in weights for sep in "/\\.") :
             WEIGHT_SOURCES.check(weights, "teacher.weights")  # an unknown word, not a path
         model = _from_file(cfg.name, cfg.input_size, path)
-        stat = path.stat()
-        identity = f"{cfg.name}:file:{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    identity = teacher_identity(cfg)
     pcfg = model.pretrained_cfg
     size = cfg.input_size or int(pcfg.get("input_size", (3, 224, 224))[-1])
     mean = tuple(pcfg.get("mean", (0.485, 0.456, 0.406)))

@@ -297,7 +297,7 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
         if teacher_side is None:
             teacher_side = reprogram_teacher(config, data, runtime, on_epoch_end)
         else:
-            cached = True
+            cached = bool(getattr(teacher_side, "cache_hit", True))
         seconds["stage1"] = 0.0 if cached else teacher_side.seconds
         teacher_val_acc = teacher_side.val_acc
         student.classifier.load_state_dict(teacher_side.state["classifier"])

@@ -1,0 +1,213 @@
+"""The ``tdmr-search`` command line: a table from command name to a thin handler.
+
+Each handler parses, calls one library function, prints and returns an exit code. A
+:class:`TdmrError` becomes one line on stderr and exit code 2 (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tdmr_search import __version__
+from tdmr_search.errors import TdmrError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("tdmr_search")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tdmr_search.config import load_config
+    from tdmr_search.pipeline.run import run_pipeline, save_result
+
+    overrides = list(args.set or [])
+    if args.method:
+        overrides.append(f"method={args.method}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    config = load_config(args.config, overrides)
+    out = Path(args.out)
+    _check_writable(out)
+    result = run_pipeline(config)
+    save_result(result, out)
+    m = result.metrics
+    print(
+        f"{config.method}: val_acc {m['val_acc']:.4f}  test_acc {m['test_acc']:.4f}  "
+        f"flops {m['flops'] / 1e6:.2f}M  params {m['params'] / 1e6:.3f}M  "
+        f"seconds {sum(m['seconds'].values()):.1f}  -> {out}"
+    )
+    return 0
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tdmr-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise TdmrError(f"Cannot write to the output folder {str(out)!r}: {err.strerror}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tdmr_search.search.study import run_search
+
+    if not args.debug:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line replaces Optuna's
+
+    summary = run_search(
+        space_path=args.space, study_name=args.study, storage=args.storage, budget=args.budget,
+        sampler=args.sampler, pruner=args.pruner, seed=args.seed, two_objective=args.two_objective,
+        workers=args.workers, gpus=args.gpus, artifacts=args.artifacts, progress=not args.no_progress,
+        baselines=not args.no_baselines, isolate=args.isolate, teacher_cache=not args.no_cache,
+        one_trial=args.one_trial,
+    )
+    print(summary)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from tdmr_search.search.space import describe_feasible
+
+    print(describe_feasible(args.space))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tdmr_search.search.study import study_status
+
+    print(study_status(args.study, args.storage))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tdmr_search.export import export
+
+    which = "best" if args.best else "pareto" if args.pareto else args.trial
+    for folder in export(args.study, args.storage, which, args.out, artifacts=args.artifacts):
+        print(folder)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tdmr_search.report import write_report
+
+    print(write_report(args.study, args.storage, args.out))
+    return 0
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="SQLAlchemy URL of the study store (default sqlite:///studies/<study>.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="tdmr-search", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tdmr-search {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and results")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: object) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)  # type: ignore[arg-type]
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    p = sub.add_parser("train", help="run one configured pipeline (TDMR or a baseline) and save the student")
+    p.add_argument("--config", help="YAML config file (defaults < file < --set)")
+    p.add_argument("--out", required=True, help="folder for config.yaml, metrics.json and student.safetensors")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--method", choices=["tdmr", "scratch", "kd", "probe"], help="override the method")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the device")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("run", help="search: run (or resume) an Optuna study over the TDMR pipeline")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--space", required=True, help="search space YAML (see spaces/)")
+    p.add_argument("--budget", required=True, help="a duration (90s, 30m, 2h) or a number of trials (20)")
+    _storage_arg(p)
+    p.add_argument("--sampler", default="tpe", help="tpe (default), random, gp, nsga2")
+    p.add_argument("--pruner", default="hyperband", help="hyperband (default), median, halving, none")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--two-objective", action="store_true", help="maximise val accuracy and minimise FLOPs")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--gpus", help="comma-separated GPU ids: one worker per GPU")
+    p.add_argument("--artifacts", help="folder of the artifact store (default beside the study)")
+    p.add_argument("--isolate", action="store_true", help="run each trial in a fresh process")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--no-baselines", action="store_true", help="skip the scratch and kd baselines")
+    p.add_argument("--no-cache", action="store_true", help="do not share stage-1 outcomes through the teacher cache")
+    p.add_argument("--one-trial", action="store_true", help=argparse.SUPPRESS)  # what --isolate workers run
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("validate", help="check a search space and list the students that fit its FLOPs cap")
+    p.add_argument("space", help="search space YAML")
+    p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("status", help="a table of a study's trials")
+    p.add_argument("--study", required=True)
+    _storage_arg(p)
+    p.set_defaults(handler=_status)
+
+    p = sub.add_parser("export", help="write the best (or a chosen) trial's config, weights, metrics and model card")
+    p.add_argument("--study", required=True)
+    _storage_arg(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", action="store_true", help="the best trial")
+    which.add_argument("--trial", type=int, help="trial number N")
+    which.add_argument("--pareto", action="store_true", help="every trial on the accuracy/FLOPs Pareto front")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--artifacts", help="folder of the artifact store (default beside the study)")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("report", help="an HTML report of a study (plotly)")
+    p.add_argument("--study", required=True)
+    _storage_arg(p)
+    p.add_argument("--out", required=True, help="output .html file")
+    p.set_defaults(handler=_report)
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tdmr-search`` and ``python -m tdmr_search``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.debug:
+        for noisy in ("optuna", "timm", "sqlalchemy", "alembic", "urllib3", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args))
+    except TdmrError as err:
+        if args.debug:
+            raise
+        print(f"tdmr-search {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tdmr-search {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    from tdmr_search.search.secrets import redact
+
+    return redact(" ".join(text.split()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""``tdmr-search export``: take best-found configs and students away from a study.
+
+Each exported trial becomes a folder holding ``config.yaml`` (the resolved pipeline config, which
+``tdmr-search train --config`` retrains with no search), ``student.safetensors`` and
+``model.json`` (rebuild with :func:`tdmr_search.load_deployed`), ``metrics.json`` and a short
+model card ``README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from tdmr_search import __version__
+from tdmr_search.config import config_from_dict, dump_config, format_flops
+from tdmr_search.errors import StudyError
+from tdmr_search.pipeline.run import MODEL_FILE
+from tdmr_search.search.secrets import redact
+from tdmr_search.search.study import artifact_dir, best_trials, load_study
+
+__all__ = ["export", "export_trial", "model_card"]
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("val_acc", "test_acc", "teacher_val_acc", "flops", "params", "seconds", "teacher_cached",
+               "val_curve", "history")
+
+
+def export(study_name: str, storage: str | None, which: str | int, out: str | Path,
+           artifacts: str | None = None) -> list[Path]:
+    """Export the best trial (``'best'``), the Pareto front (``'pareto'``) or trial number ``which``.
+
+    Returns:
+        The folders written (one per trial; under ``out/trial-N`` when several).
+    """
+    study = load_study(study_name, storage)
+    if which == "best":
+        if len(study.directions) != 1:
+            raise StudyError(f"Study {study_name!r} has two objectives; export --pareto or --trial N")
+        trials = best_trials(study)
+    elif which == "pareto":
+        trials = best_trials(study)
+    else:
+        number = int(which)
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not found:
+            raise StudyError(f"Study {study_name!r} has no trial {number}; it has trials 0 to {len(study.trials) - 1}")
+        trials = found
+        if trials[0].state != TrialState.COMPLETE:
+            raise StudyError(
+                f"Trial {number} of study {study_name!r} is {trials[0].state.name}, not COMPLETE; only finished trials "
+                "have a student to export"
+            )
+    store = FileSystemArtifactStore(str(artifact_dir(study_name, storage, artifacts)))
+    out = Path(out)
+    folders = []
+    for t in trials:
+        folder = out if len(trials) == 1 else out / f"trial-{t.number}"
+        folders.append(export_trial(study, t, folder, store))
+    return folders
+
+
+def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystemArtifactStore) -> Path:
+    """Write one trial's config, weights, metrics and model card to ``folder``."""
+    attrs = trial.user_attrs
+    if "config" not in attrs:
+        raise StudyError(f"Trial {trial.number} of study {study.study_name!r} records no config; was it made by tdmr-search?")
+    config = config_from_dict(attrs["config"])
+    artifact_id = attrs.get("weights_artifact_id")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StudyError(f"Cannot write the export folder {str(folder)!r}: {err.strerror}") from None
+    weights = folder / MODEL_FILE
+    if not artifact_id:
+        raise StudyError(f"Trial {trial.number} stored no student weights; retrain it with `tdmr-search train --config` "
+                         "on its exported config")
+    try:
+        download_artifact(artifact_store=store, file_path=str(weights), artifact_id=artifact_id)
+    except Exception:
+        weights.unlink(missing_ok=True)
+        raise StudyError(
+            f"The student weights of trial {trial.number} are gone from the artifact store : only the "
+            f"best few trials keep them; export --best, or retrain trial {trial.number} from its config with "
+            "`tdmr-search train --config`"
+        ) from None
+    dump_config(config, folder / "config.yaml")
+    metrics = {k: attrs.get(k) for k in METRIC_KEYS if k in attrs}
+    metrics.update(study=study.study_name, trial=trial.number, state=trial.state.name, values=trial.values,
+                   params=trial.params, tdmr_search_version=__version__)
+    metrics["params_count"] = attrs.get("params")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    deployed = dict(attrs.get("deployed") or {})
+    deployed.update(format="tdmr-search deployed student", tdmr_search_version=__version__, weights=MODEL_FILE,
+                    input="N x in_chans x image_size x image_size float images with values in [0, 1]")
+    (folder / "model.json").write_text(json.dumps(deployed, indent=2) + "\n")
+    (folder / "README.md").write_text(model_card(study, trial))
+    logger.info("exported trial %d to %s", trial.number, folder)
+    return folder
+
+
+def model_card(study: Any, trial: FrozenTrial) -> str:
+    """A short model card for an exported trial."""
+    a = trial.user_attrs
+    cfg = a["config"]
+    base = study.user_attrs.get("baselines", {}).get(study.user_attrs.get("baselines_for_best", ""), {})
+    lines = [
+        f"# {cfg['student']['name']} @ {cfg['student']['resolution']}px, distilled by TDMR",
+        "",
+        f"Trial {trial.number} of study `{study.study_name}` (tdmr-search {__version__}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| task | {cfg['data']['dataset']}, {cfg['data']['shots'] or cfg['data']['fraction']} labels "
+        f"{'per class' if cfg['data']['shots'] else '(fraction)'} |",
+        f"| teacher (frozen) | {cfg['teacher']['name']} ({redact(str(cfg['teacher']['weights']))} weights) |",
+        f"| reprogramming | transform `{cfg['reprogram']['transform']}`, projector `{cfg['reprogram']['projector']}`, "
+        f"proxy_dim {cfg['reprogram']['proxy_dim']} |",
+        f"| distillation | {cfg['distill']['n_stages']} stages, temperature {cfg['distill']['temperature']:.3g} "
+        f"({cfg['distill']['temperature_schedule']}), feature loss {cfg['distill']['feature_loss']} |",
+        f"| validation accuracy | {a.get('val_acc', float('nan')):.4f} |",
+        f"| test accuracy | {a.get('test_acc', float('nan')):.4f} (official test split, never used to choose) |",
+        f"| teacher-side val accuracy | {a.get('teacher_val_acc') or float('nan'):.4f} |",
+        f"| FLOPs (multiply-adds) | {format_flops(a.get('flops', 0))} (cap {study.user_attrs.get('max_flops_text') or 'none'}) |",
+        f"| parameters | {a.get('params', 0) / 1e6:.3f}M |",
+    ]
+    for method in ("scratch", "kd"):
+        if "test_acc" in base.get(method, {}):
+            lines.append(f"| baseline `{method}` test accuracy | {base[method]['test_acc']:.4f} |")
+    lines += [
+        "",
+        "Load it:",
+        "",
+        "```python",
+        "from tdmr_search import load_deployed",
+        "model = load_deployed('.')  # an nn.Module: images in [0, 1] -> class logits",
+        "```",
+        "",
+        "Retrain it without any search: `tdmr-search train --config config.yaml --out retrained`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""A persistent on-disk cache of stage-1 outcomes, shared by every trial and worker of a study.
+
+An entry holds what stage 2 needs from the teacher side (:class:`TeacherSide`): the trained
+transform, projector and proxy classifier, and the proxy features and logits of the train and
+validation images. Its key is a joblib hash of exactly what determines it: the teacher (name,
+weights identity), the stage-1 settings, the data selection, the seed and the device type.
+Entries are written atomically under a file lock, so two workers needing the same entry compute
+it once; an entry whose checksum or contents do not match is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import joblib
+
+from tdmr_search.config import PipelineConfig
+from tdmr_search.data import TargetData
+from tdmr_search.models.teachers import teacher_identity
+from tdmr_search.pipeline.loop import resolve_device
+
+__all__ = ["TeacherCache", "cache_key"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def cache_key(config: PipelineConfig) -> str:
+    """The key of the stage-1 outcome of ``config``: what determines it, hashed with joblib."""
+    return joblib.hash({
+        "format": FORMAT,
+        "teacher": config.to_dict()["teacher"],
+        "teacher_identity": teacher_identity(config.teacher),
+        "reprogram": {**config.to_dict()["reprogram"]},
+        "data": config.to_dict()["data"],
+        "seed": config.seed,
+        "device": resolve_device(config.device).type,
+    })
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TeacherCache:
+    """Stage-1 outcomes on disk, keyed by :func:`cache_key`.
+
+    Args:
+        folder: Where entries live (created when missing).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def beside(cls, folder: str | Path) -> TeacherCache:
+        """A cache in ``folder`` (the study's ``<study>-cache`` folder)."""
+        return cls(folder)
+
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+        return self.folder / f"{key}.joblib", self.folder / f"{key}.sha256", self.folder / f"{key}.lock"
+
+    def load(self, key: str, data: TargetData) -> object | None:
+        """The entry under ``key`` if present and sound, else None (a bad entry is deleted)."""
+        entry, digest, _ = self._paths(key)
+        if not entry.exists() or not digest.exists():
+            return None
+        try:
+            if _sha256(entry) != digest.read_text().strip():
+                raise ValueError("checksum mismatch")
+            side = joblib.load(entry)
+            if (len(side.z_train) != len(data.train) or len(side.z_val) != len(data.val)
+                    or len(side.logits_train) != len(data.train)):
+                raise ValueError("entry does not match the data")
+        except Exception as err:  # corrupt, truncated, or from another format: recompute
+            logger.warning("teacher cache entry %s is unusable (%s); recomputing", key[:12], err)
+            for p in (entry, digest):
+                p.unlink(missing_ok=True)
+            return None
+        return side
+
+    def get_or_compute(self, config: PipelineConfig, data: TargetData,
+                       compute: Callable[[], object] | None = None) -> object:
+        """Return the cached stage-1 outcome of ``config``, computing and storing it on a miss.
+
+        ``side.cache_hit`` tells the caller whether it came from the cache.
+        """
+        key = cache_key(config)
+        entry, digest, lock = self._paths(key)
+        with open(lock, "a+") as lock_fh:
+            fcntl.flock(lock_fh, fcntl.LOCK_EX)  # a second worker waits here, then finds the entry
+            try:
+                side = self.load(key, data)
+                if side is not None:
+                    self.hits += 1
+                    side.cache_hit = True  # type: ignore[attr-defined]
+                    logger.info("teacher cache hit %s", key[:12])
+                    return side
+                self.misses += 1
+                if compute is None:
+                    from tdmr_search.pipeline.loop import Runtime
+                    from tdmr_search.pipeline.run import reprogram_teacher
+
+                    side = reprogram_teacher(config, data, Runtime.create(config.device))
+                else:
+                    side = compute()
+                side.cache_hit = False  # type: ignore[attr-defined]
+                tmp = entry.with_suffix(f".tmp{os.getpid()}")
+                joblib.dump(side, tmp)
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                digest.write_text(_sha256(tmp))
+                os.replace(tmp, entry)
+                logger.info("teacher cache stored %s (%.1fs of stage 1)", key[:12], getattr(side, "seconds", 0.0))
+                return side
+            finally:
+                fcntl.flock(lock_fh, fcntl.LOCK_UN)
+
+    def clear(self) -> None:
+        """Delete every entry."""
+        for p in self.folder.glob("*"):
+            p.unlink(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"TeacherCache({str(self.folder)!r}, hits={self.hits}, misses={self.misses})"

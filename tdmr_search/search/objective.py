@@ -1,0 +1,179 @@
+"""The Optuna objective: sample a config, gate its FLOPs, run the pipeline, record everything."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import traceback
+from typing import Any
+
+import optuna
+import torch
+
+from tdmr_search import __version__
+from tdmr_search.config import PipelineConfig
+from tdmr_search.data import TargetData
+from tdmr_search.errors import TdmrError, TrialFailed
+from tdmr_search.pipeline.run import MODEL_FILE, deployed_cost, run_pipeline
+from tdmr_search.search.space import STUDENT_PARAM, SearchSpace, StudentChoice
+
+__all__ = ["Objective", "sample_overrides"]
+
+logger = logging.getLogger(__name__)
+
+#: How many finished trials keep their student weights in the artifact store.
+KEEP_WEIGHTS = 3
+
+
+def sample_overrides(trial: optuna.Trial, space: SearchSpace, students: list[StudentChoice]) -> dict[str, Any]:
+    """Sample every active parameter of ``space`` and the student; return dotted overrides."""
+    sampled: dict[str, Any] = {}
+    for p in space.params:
+        if not p.active(sampled):
+            continue
+        if p.type == "categorical":
+            sampled[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.type == "int":
+            sampled[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log,
+                                                step=int(p.step) if p.step and not p.log else 1)
+        else:
+            sampled[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log,
+                                                  step=None if p.log else p.step)
+    key = trial.suggest_categorical(STUDENT_PARAM, [c.key for c in students])
+    name, _, res = key.rpartition("@")
+    sampled["student.name"] = name
+    sampled["student.resolution"] = int(res)
+    return sampled
+
+
+class Objective:
+    """Callable objective over a search space with the target data already loaded.
+
+    Args:
+        space: The search space.
+        students: The feasible student choices (the FLOPs gate's output).
+        data: The target data, shared by every trial of this process.
+        artifact_store: Where student weights go (None: not stored).
+        two_objective: Return (val_acc, flops) instead of val_acc.
+        teacher_cache: Optional cache of stage-1 outcomes (``get_or_compute``).
+    """
+
+    def __init__(self, space: SearchSpace, students: list[StudentChoice], data: TargetData,
+                 artifact_store: Any = None, two_objective: bool = False, teacher_cache: Any = None) -> None:
+        self.space = space
+        self.students = students
+        self.data = data
+        self.artifact_store = artifact_store
+        self.two_objective = two_objective
+        self.teacher_cache = teacher_cache
+
+    def config_for(self, trial: optuna.Trial) -> PipelineConfig:
+        """The resolved config of ``trial``."""
+        overrides = sample_overrides(trial, self.space, self.students)
+        return self.space.base.replace({**overrides, "method": "tdmr", "max_flops": _cap_text(self.space.max_flops)})
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        start = time.perf_counter()
+        try:
+            config = self.config_for(trial)
+            trial.set_user_attr("config", config.to_dict())
+            data = self.data
+            flops, params = deployed_cost(config.replace({"max_flops": None}), data.channels, data.image_size,
+                                          data.num_classes)
+            cap = self.space.max_flops
+            trial.set_user_attr("flops", flops)
+            trial.set_user_attr("params", params)
+            if cap is not None:
+                trial.set_constraint("flops_over_cap", (flops - cap) / cap)
+                if flops > cap:  # cannot happen with the gated choices; kept as a last check
+                    raise TrialFailed(f"the student costs {flops:.0f} FLOPs, over the cap {cap:.0f}")
+            gate_seconds = time.perf_counter() - start
+            result = run_pipeline(config, self._callback(trial), data=data,
+                                  teacher_side=self._teacher_side(config, data, trial))
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna closes the trial as failed
+            trial.set_user_attr("failure_reason", "interrupted")
+            raise
+        except TdmrError as err:
+            self._fail(trial, str(err))
+        except torch.cuda.OutOfMemoryError as err:
+            self._fail(trial, f"CUDA out of memory: {str(err).splitlines()[0]}")
+        except Exception as err:  # a bug or an unexpected library error: recorded, the study goes on
+            logger.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
+            self._fail(trial, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        m = result.metrics
+        for key in ("val_acc", "test_acc", "teacher_val_acc", "teacher_cached", "history"):
+            trial.set_user_attr(key, m.get(key))
+        seconds = dict(m["seconds"], gate=gate_seconds, total=time.perf_counter() - start)
+        trial.set_user_attr("seconds", {k: round(v, 3) for k, v in seconds.items()})
+        trial.set_user_attr("deployed", {
+            "student": config.student.name, "resolution": config.student.resolution,
+            "in_chans": data.channels, "image_size": data.image_size, "num_classes": data.num_classes,
+            "proxy_dim": config.reprogram.proxy_dim, "class_names": data.class_names,
+        })
+        trial.set_user_attr("tdmr_search_version", __version__)
+        if self.artifact_store is not None and result.model is not None:
+            self._upload(trial, result.model)
+        val = float(m["val_acc"])
+        if not math.isfinite(val):
+            self._fail(trial, "validation accuracy is not a number")
+        return (val, float(flops)) if self.two_objective else val
+
+    def _teacher_side(self, config: PipelineConfig, data: TargetData, trial: optuna.Trial) -> Any:
+        if self.teacher_cache is None:
+            return None
+        return self.teacher_cache.get_or_compute(config, data)
+
+    def _callback(self, trial: optuna.Trial):  # noqa: ANN202
+        curve: list[float] = []
+
+        def on_epoch_end(step: int, metrics: dict) -> None:
+            if metrics.get("stage") != "distill":
+                return
+            curve.append(float(metrics["val_acc"]))
+            trial.set_user_attr("val_curve", curve)
+            if self.two_objective:
+                return  # Optuna prunes single-objective studies only
+            trial.report(float(metrics["val_acc"]), step)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", step)
+                raise optuna.TrialPruned(f"pruned after stage-2 epoch {step + 1} at val_acc {metrics['val_acc']:.4f}")
+
+        return on_epoch_end
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        from tdmr_search.search.secrets import redact
+
+        reason = redact(" ".join(reason.split()))
+        trial.set_user_attr("failure_reason", reason)
+        logger.warning("trial %d failed: %s", trial.number, reason)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise TrialFailed(reason)
+
+    def _upload(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
+        from optuna.artifacts import upload_artifact
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"trial-{trial.number}-{MODEL_FILE}")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+            artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=path, study_or_trial=trial,
+                                          mimetype="application/octet-stream")
+        trial.set_user_attr("weights_artifact_id", artifact_id)
+
+
+def _cap_text(cap: float | None) -> str | None:
+    return None if cap is None else f"{cap:.6g}"
+
+
+def trial_summary(trial: optuna.trial.FrozenTrial) -> str:
+    """One line describing a finished trial."""
+    return json.dumps({"number": trial.number, "state": trial.state.name, "values": trial.values})

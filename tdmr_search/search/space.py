@@ -1,0 +1,319 @@
+"""Declarative search spaces (YAML in ``spaces/``) and the FLOPs gate over student candidates.
+
+A space file has four parts::
+
+    base:       # a pipeline config; every trial starts from it (defaults < base < sampled values)
+    max_flops:  20M   # the deployment cap of the deployed student
+    students:   # candidate architectures and input resolutions; over-cap pairs never train
+      names: [mobilenetv3_small_050, lcnet_050]
+      resolutions: [64, 96]
+    params:     # searched settings by dotted name, sampled in this order
+      reprogram.proxy_dim: {type: int, low: 32, high: 256, log: true}
+      reprogram.transform: {type: categorical, choices: [resize, pad, conv]}
+      reprogram.pad: {type: int, low: 4, high: 32, when: {reprogram.transform: [pad, scale_pad]}}
+
+The student is searched as one categorical parameter ``student`` whose choices are the feasible
+``name@resolution`` pairs, so the sampler only ever proposes students that fit the cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tdmr_search.config import PipelineConfig, config_from_dict, format_flops, parse_flops
+from tdmr_search.errors import BudgetError, ConfigError, TdmrError
+from tdmr_search.registry import closest
+
+__all__ = ["ParamSpec", "SearchSpace", "StudentChoice", "load_space", "feasible_students", "describe_feasible"]
+
+logger = logging.getLogger(__name__)
+
+PARAM_TYPES = ("int", "float", "categorical")
+FORBIDDEN_PREFIXES = ("data.", "seed", "device", "method", "max_flops")
+STUDENT_PARAM = "student"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched setting."""
+
+    name: str
+    """Dotted config key (``distill.temperature``)."""
+    type: str
+    """int, float or categorical."""
+    low: float | None = None
+    """Lower bound (int, float)."""
+    high: float | None = None
+    """Upper bound (int, float)."""
+    log: bool = False
+    """Sample on a log scale (int, float)."""
+    step: float | None = None
+    """Grid step (int, float; not with log)."""
+    choices: tuple[Any, ...] = ()
+    """Values of a categorical parameter."""
+    when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Sample only when each named parameter took one of the listed values."""
+
+    def active(self, sampled: dict[str, Any]) -> bool:
+        """Whether the conditions hold for the values sampled so far."""
+        return all(sampled.get(key) in values for key, values in self.when.items())
+
+
+@dataclass(frozen=True)
+class StudentChoice:
+    """A candidate student: architecture, input resolution and the cost of the deployed model."""
+
+    name: str
+    resolution: int
+    flops: float
+    params: int
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The categorical value the sampler sees: ``name@resolution``."""
+        return f"{self.name}@{self.resolution}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A loaded search space."""
+
+    name: str
+    base: PipelineConfig
+    max_flops: float | None
+    student_names: tuple[str, ...]
+    resolutions: tuple[int, ...]
+    params: tuple[ParamSpec, ...]
+    raw: dict[str, Any]
+    description: str = ""
+
+    def max_proxy_dim(self) -> int:
+        """The largest proxy size any trial can use (the FLOPs gate checks at it)."""
+        for p in self.params:
+            if p.name == "reprogram.proxy_dim":
+                return int(p.high if p.type != "categorical" else max(p.choices))
+        return self.base.reprogram.proxy_dim
+
+
+def _param(name: str, raw: Any, problems: list[str], base: dict[str, Any]) -> ParamSpec | None:
+    where = f"params.{name}"
+    if any(name == f.rstrip(".") or name.startswith(f) for f in FORBIDDEN_PREFIXES if f.endswith(".")) or name in (
+        "seed", "device", "method", "max_flops"
+    ):
+        problems.append(f"{where}: {name!r} cannot be searched (data, seed, device, method and the cap are fixed per study)")
+        return None
+    section, _, key = name.partition(".")
+    if section not in base or not isinstance(base[section], dict) or key not in base[section]:
+        known = [f"{s}.{k}" for s, v in base.items() if isinstance(v, dict) for k in v if s != "data"]
+        hint = closest(name, known)
+        problems.append(
+            f"{where}: {name!r} is not a pipeline setting" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + "; accepted: section.field names of the config, e.g. distill.temperature"
+        )
+        return None
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be a mapping such as {{type: float, low: 1, high: 8}}; got {raw!r}")
+        return None
+    allowed = {f.name for f in fields(ParamSpec)} - {"name"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        problems.append(f"{where} has unknown keys {unknown}; accepted: {', '.join(sorted(allowed))}")
+        return None
+    kind = raw.get("type")
+    if kind not in PARAM_TYPES:
+        problems.append(f"{where}.type must be one of {', '.join(PARAM_TYPES)}; got {kind!r}")
+        return None
+    when_raw = raw.get("when") or {}
+    if not isinstance(when_raw, dict):
+        problems.append(f"{where}.when must map parameter names to lists of values; got {when_raw!r}")
+        return None
+    when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in when_raw.items()}
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            problems.append(f"{where}.choices must be a non-empty list; got {choices!r}")
+            return None
+        return ParamSpec(name, kind, choices=tuple(choices), when=when)
+    low, high = raw.get("low"), raw.get("high")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool) or low > high:
+        problems.append(f"{where} needs numbers low <= high; got low={low!r}, high={high!r}")
+        return None
+    if raw.get("log") and low <= 0:
+        problems.append(f"{where}: a log-scale range needs low > 0; got {low!r}")
+        return None
+    if kind == "int" and (not float(low).is_integer() or not float(high).is_integer()):
+        problems.append(f"{where}: an int parameter needs integer bounds; got {low!r}, {high!r}")
+        return None
+    return ParamSpec(name, kind, low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"), when=when)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a search space YAML file, reporting every problem at once."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"Cannot read the search space {str(path)!r}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(
+            f"The search space {str(path)!r} is not valid YAML" + (f" at line {mark.line + 1}" if mark else "")
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"The search space {str(path)!r} must be a mapping with base, max_flops, students, params")
+    problems: list[str] = []
+    allowed = ("name", "description", "base", "max_flops", "students", "params")
+    for key in raw:
+        if key not in allowed:
+            hint = closest(str(key), allowed)
+            problems.append(f"Unknown top-level key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                            + f"; accepted: {', '.join(allowed)}")
+    try:
+        base = config_from_dict(_merged_defaults(raw.get("base") or {}))
+    except ConfigError as err:
+        problems.append(f"base: {err}")
+        base = PipelineConfig()
+    cap = None
+    if raw.get("max_flops") is not None:
+        try:
+            cap = parse_flops(raw["max_flops"])
+        except ConfigError as err:
+            problems.append(str(err))
+    students = raw.get("students") or {}
+    names = students.get("names") if isinstance(students, dict) else None
+    resolutions = students.get("resolutions") if isinstance(students, dict) else None
+    if names is None:
+        names = [base.student.name]
+    if resolutions is None:
+        resolutions = [base.student.resolution]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        problems.append(f"students.names must be a non-empty list of timm model names; got {names!r}")
+        names = []
+    if not isinstance(resolutions, list) or not resolutions or not all(
+        isinstance(r, int) and not isinstance(r, bool) and 8 <= r <= 1024 for r in resolutions
+    ):
+        problems.append(f"students.resolutions must be a non-empty list of integers from 8 to 1024; got {resolutions!r}")
+        resolutions = []
+    params_raw = raw.get("params") or {}
+    params: list[ParamSpec] = []
+    if not isinstance(params_raw, dict):
+        problems.append(f"params must map dotted setting names to ranges; got {params_raw!r}")
+        params_raw = {}
+    base_dict = base.to_dict()
+    for name, spec in params_raw.items():
+        p = _param(str(name), spec, problems, base_dict)
+        if p is not None:
+            params.append(p)
+    names_so_far: set[str] = set()
+    for p in params:
+        for cond in p.when:
+            if cond not in names_so_far:
+                problems.append(f"params.{p.name}.when refers to {cond!r}, which must be a parameter listed before it")
+        names_so_far.add(p.name)
+    if problems:
+        raise ConfigError(f"Invalid search space {str(path)!r}: " + "; ".join(problems))
+    return SearchSpace(
+        name=str(raw.get("name") or path.stem), base=base, max_flops=cap,
+        student_names=tuple(names), resolutions=tuple(resolutions), params=tuple(params), raw=raw,
+        description=str(raw.get("description") or ""),
+    )
+
+
+def _merged_defaults(base: Any) -> Any:
+    if not isinstance(base, dict):
+        return base
+    merged = PipelineConfig().to_dict()
+    for key, value in base.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def feasible_students(space: SearchSpace, in_chans: int, image_size: int, num_classes: int) -> tuple[list[StudentChoice], list[StudentChoice]]:
+    """Split the student candidates into those that fit the cap and those that do not.
+
+    Costs are counted at the space's largest ``proxy_dim``, so a feasible student fits whatever
+    proxy size a trial samples. No candidate trains here: counting runs on the meta device.
+    """
+    from tdmr_search.config import StudentConfig
+    from tdmr_search.models.flops import student_cost
+
+    proxy = space.max_proxy_dim()
+    fit, over = [], []
+    for name in space.student_names:
+        for res in space.resolutions:
+            cfg = StudentConfig(name=name, resolution=res, projector="mlp" if _may_use_mlp(space) else space.base.student.projector)
+            try:
+                flops, params = student_cost(cfg, in_chans, image_size, proxy, num_classes)
+            except TdmrError:
+                raise
+            except Exception as err:  # e.g. a ViT whose patch size does not divide the resolution
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                over.append(StudentChoice(name, res, math.inf, 0, error=reason))
+                continue
+            choice = StudentChoice(name, res, flops, params)
+            (fit if space.max_flops is None or flops <= space.max_flops else over).append(choice)
+    fit.sort(key=lambda c: c.flops)
+    return fit, over
+
+
+def _may_use_mlp(space: SearchSpace) -> bool:
+    for p in space.params:
+        if p.name == "student.projector":
+            return "mlp" in p.choices
+    return space.base.student.projector == "mlp"
+
+
+def require_feasible(space: SearchSpace, fit: list[StudentChoice], over: list[StudentChoice]) -> None:
+    """Raise :class:`BudgetError` when no student fits the cap."""
+    if fit:
+        return
+    buildable = [c for c in over if c.error is None]
+    cheapest = min(buildable, key=lambda c: c.flops) if buildable else None
+    raise BudgetError(
+        f"No student fits the FLOPs cap max_flops={format_flops(space.max_flops or 0)}: the cheapest candidate, "
+        + (f"{cheapest.key}, costs {format_flops(cheapest.flops)}" if cheapest else "none can be built")
+        + "; raise max_flops or add smaller students.names / students.resolutions"
+    )
+
+
+def describe_feasible(path: str | Path) -> str:
+    """The text ``tdmr-search validate`` prints: the space, its parameters and the students that fit."""
+    from tdmr_search.data import load_data
+    from tdmr_search.models.timm_utils import check_model_name
+
+    space = load_space(path)
+    for name in space.student_names:
+        check_model_name(name, "students.names")
+    check_model_name(space.base.teacher.name, "base.teacher.name")
+    data = load_data(space.base.data, space.base.seed)
+    fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
+    lines = [
+        f"space {space.name!r}: {space.description}".rstrip(": "),
+        f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
+        f"{data.num_classes} classes, {data.channels}x{data.image_size}x{data.image_size}",
+        f"teacher {space.base.teacher.name} ({space.base.teacher.weights})",
+        f"FLOPs cap {format_flops(space.max_flops) if space.max_flops else 'none'} "
+        f"(deployed student = backbone + projector + classifier, at proxy_dim {space.max_proxy_dim()})",
+        f"searched: {', '.join(p.name for p in space.params) or 'nothing'} and the student",
+        f"{len(fit)} of {len(fit) + len(over)} students fit:",
+    ]
+    lines += [f"  {c.key:<36} {format_flops(c.flops):>8} FLOPs  {c.params / 1e6:7.3f}M params" for c in fit]
+    if over:
+        lines.append(f"{len(over)} over the cap or not buildable (never trained):")
+        lines += [f"  {c.key:<36} " + (f"cannot be built: {c.error}" if c.error else f"{format_flops(c.flops):>8} FLOPs")
+                  for c in sorted(over, key=lambda c: c.flops)]
+    try:
+        require_feasible(space, fit, over)
+    except TdmrError:
+        raise
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny real configs (digits, timm test_* models) and one real smoke study."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_SPACE = ROOT / "spaces" / "smoke.yaml"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+TINY_CONFIG = {
+    "device": "cpu",
+    "seed": 0,
+    "data": {"dataset": "digits", "shots": 20, "val_fraction": 0.25},
+    "teacher": {"name": "test_vit", "weights": "random", "input_size": 32},
+    "reprogram": {"transform": "pad", "pad": 4, "proxy_dim": 32, "epochs": 2, "lr": 0.003},
+    "student": {"name": "test_resnet", "resolution": 16},
+    "distill": {"n_stages": 2, "epochs": 3, "lr": 0.005},
+}
+
+
+@pytest.fixture
+def tiny_config():
+    """A validated config that trains in seconds on digits with timm test_* models."""
+    from tdmr_search.config import config_from_dict
+
+    return config_from_dict(TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    """The digits splits of TINY_CONFIG (loaded once)."""
+    from tdmr_search.config import DataConfig
+    from tdmr_search.data import load_data
+
+    return load_data(DataConfig(**TINY_CONFIG["data"]), 0)
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m tdmr_search ARGS`` in ``cwd`` as a user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "tdmr_search", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tdmr-search {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> Path:
+    """A real 3-trial study of spaces/smoke.yaml run from the CLI on SQLite; returns its folder.
+
+    Tests must not change it: copy it first (``copy_study``) to write to it.
+    """
+    folder = tmp_path_factory.mktemp("smoke-study")
+    run_cli("run", "--study", "smoke", "--space", str(SMOKE_SPACE), "--budget", "3", cwd=folder)
+    return folder
+
+
+@pytest.fixture
+def copy_study(smoke_study, tmp_path) -> Path:
+    """A private, writable copy of the smoke study's folder."""
+    dst = tmp_path / "study"
+    shutil.copytree(smoke_study, dst)
+    return dst

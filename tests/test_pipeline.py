@@ -1,0 +1,243 @@
+"""The TDMR pipeline and its baselines, run for real on digits with timm test_* models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_CONFIG, run_cli
+from tdmr_search.config import TeacherConfig, config_from_dict, load_config
+from tdmr_search.errors import BudgetError
+from tdmr_search.models.teachers import build_teacher
+from tdmr_search.pipeline.loop import Runtime, accuracy
+from tdmr_search.pipeline.run import run_pipeline, reprogram_teacher
+from tdmr_search.pipeline.stages import kd_loss, plan_phases
+
+METRIC_KEYS = {"val_acc", "test_acc", "teacher_val_acc", "flops", "params", "seconds"}
+#: TINY_CONFIG with fewer epochs: every method runs in a few seconds.
+FAST = {"reprogram.epochs": 1, "distill.epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def fast_config():
+    return config_from_dict(TINY_CONFIG).replace(FAST)
+
+
+@pytest.fixture(scope="module")
+def method_runs(fast_config, digits_data):
+    """Each method run once on the same data; with the epochs its callback saw."""
+    runs = {}
+    for method in ("tdmr", "scratch", "kd", "probe"):
+        calls = []
+        result = run_pipeline(fast_config.replace({"method": method}),
+                              on_epoch_end=lambda step, m, calls=calls: calls.append((step, m["stage"])),
+                              data=digits_data)
+        runs[method] = (result, calls)
+    return runs
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- the teacher stays frozen
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
+def test_teacher_is_frozen_through_stage_1(tiny_config, digits_data, name):
+    # one epoch of stage 1 suffices; test_resnet has batch-norm statistics that must not move
+    config = tiny_config.replace({"teacher.name": name, "reprogram.epochs": 1})
+    torch.manual_seed(0)
+    teacher = build_teacher(TeacherConfig(name=name, weights="random", input_size=32))
+    torch.manual_seed(0)
+    fresh = build_teacher(TeacherConfig(name=name, weights="random", input_size=32))
+    before = _state(teacher)
+    side = reprogram_teacher(config, digits_data, Runtime.create("cpu"), teacher=teacher)
+    after = teacher.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"teacher {key} changed"
+        assert torch.equal(fresh.state_dict()[key], value)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(not m.training for m in teacher.model.modules())
+    # ... while the transform in front of it did learn through it
+    assert side.state["transform"]["prompt"].abs().sum() > 0
+    assert len(side.history) == config.reprogram.epochs
+    assert side.z_train.shape == (len(digits_data.train), config.reprogram.proxy_dim)
+    assert side.logits_val.shape == (len(digits_data.val), digits_data.num_classes)
+
+
+# ----------------------------------------------------------------------------- progressive distillation
+
+
+@pytest.mark.parametrize("schedule", ["constant", "anneal"])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("epochs", [4, 7, 30])
+def test_plan_phases(n, epochs, schedule):
+    phases = plan_phases(n, epochs, 4.0, schedule)
+    assert len(phases) == n
+    assert [p.index for p in phases] == list(range(n))
+    assert sum(p.epochs for p in phases) == epochs
+    assert all(p.epochs >= 1 for p in phases)
+    assert max(p.epochs for p in phases) - min(p.epochs for p in phases) <= 1
+    last = phases[-1]
+    assert last.train_classifier and last.w_ce > 0 and last.w_kd > 0
+    assert [p.train_classifier for p in phases[:-1]] == [False] * (n - 1)
+    if n >= 2:
+        first = phases[0]
+        assert first.w_feat > 0 and first.w_feat >= first.w_kd and first.w_ce == 0
+        assert last.w_feat == 0
+        w_kd = [p.w_kd for p in phases]
+        assert w_kd == sorted(w_kd)  # hands over from features to predictions
+    if schedule == "anneal" and n >= 2:
+        assert phases[0].temperature == 4.0 and last.temperature == 1.0
+        temps = [p.temperature for p in phases]
+        assert temps == sorted(temps, reverse=True)
+    else:
+        assert all(p.temperature == 4.0 for p in phases)
+
+
+def test_kd_loss():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 10, generator=gen)
+    assert float(kd_loss(logits, logits.clone(), 4.0)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(8, 10, generator=gen)
+    loss = kd_loss(other, logits, 2.0)
+    p_t = torch.softmax(logits / 2.0, 1)
+    expected = 4.0 * (p_t * (p_t.log() - torch.log_softmax(other / 2.0, 1))).sum(1).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) > 0
+    assert float(kd_loss(other + 3.0, logits, 2.0)) == pytest.approx(float(loss), rel=1e-5)  # shift-invariant
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize("method", ["tdmr", "scratch", "kd", "probe"])
+def test_each_method_runs_and_reports_its_metrics(method, method_runs, fast_config, digits_data):
+    result, calls = method_runs[method]
+    m = result.metrics
+    assert METRIC_KEYS <= m.keys()
+    assert m["method"] == method
+    for key in ("val_acc", "test_acc"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["flops"] > 0 and m["params"] > 0
+    assert isinstance(m["seconds"], dict) and all(v >= 0 for v in m["seconds"].values())
+    assert result.config.method == method
+    if method == "probe":
+        assert result.model is None
+        assert m["teacher_val_acc"] == m["val_acc"]
+        assert m["flops"] > method_runs["tdmr"][0].metrics["flops"]  # the teacher is the expensive part
+        return
+    assert result.model is not None and not result.model.training
+    assert m["flops"] == method_runs["tdmr"][0].metrics["flops"]  # same student for every method
+    assert m["params"] == sum(p.numel() for p in result.model.parameters())
+    assert len(m["history"]) == fast_config.distill.epochs
+    assert m["val_acc"] == m["history"][-1]["val_acc"]
+    stage2 = [c for c in calls if c[1] != "reprogram"]
+    assert [s for s, _ in stage2] == list(range(fast_config.distill.epochs))
+    with torch.no_grad():
+        assert accuracy(result.model(digits_data.test.images), digits_data.test.labels) == \
+            pytest.approx(m["test_acc"], abs=1e-6)
+    if method == "tdmr":
+        assert [c[1] for c in calls] == ["reprogram"] * fast_config.reprogram.epochs + \
+            ["distill"] * fast_config.distill.epochs
+        assert 0.0 <= m["teacher_val_acc"] <= 1.0
+        assert {"stage1", "stage2"} <= m["seconds"].keys()
+    elif method == "kd":
+        assert 0.0 <= m["teacher_val_acc"] <= 1.0
+        assert {c[1] for c in calls} == {"kd"}
+    else:
+        assert m["teacher_val_acc"] is None
+        assert {c[1] for c in calls} == {"scratch"}
+
+
+def test_cpu_run_with_a_fixed_seed_repeats_exactly(method_runs, fast_config, digits_data):
+    first = method_runs["tdmr"][0]
+    second = run_pipeline(fast_config, data=digits_data)
+    for key in ("val_acc", "test_acc", "teacher_val_acc"):
+        assert second.metrics[key] == first.metrics[key], key
+    assert [h["loss"] for h in second.metrics["history"]] == [h["loss"] for h in first.metrics["history"]]
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_another_seed_gives_another_student(method_runs, fast_config, digits_data):
+    first = method_runs["scratch"][0]
+    other = run_pipeline(fast_config.replace({"method": "scratch", "seed": 1}), data=digits_data)
+    a, b = first.model.state_dict(), other.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_over_budget_student_is_rejected_before_training(fast_config, digits_data):
+    calls = []
+    with pytest.raises(BudgetError) as info:
+        run_pipeline(fast_config.replace({"max_flops": "1k"}), on_epoch_end=lambda s, m: calls.append(s),
+                     data=digits_data)
+    assert calls == []
+    message = str(info.value)
+    assert "test_resnet" in message and "max_flops=1k" in message
+    for method in ("tdmr", "scratch", "kd"):
+        with pytest.raises(BudgetError):
+            run_pipeline(fast_config.replace({"max_flops": "1k", "method": method}),
+                         on_epoch_end=lambda s, m: calls.append(s), data=digits_data)
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------- the CLI, end to end
+
+
+def _fast_yaml(tmp_path, **changes):
+    raw = json.loads(json.dumps(TINY_CONFIG))
+    raw["reprogram"]["epochs"] = FAST["reprogram.epochs"]
+    raw["distill"]["epochs"] = FAST["distill.epochs"]
+    for key, value in changes.items():
+        section, field = key.split(".")
+        raw[section][field] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cli_train_end_to_end(tmp_path):
+    from tdmr_search import load_deployed
+    from tdmr_search.data import load_data
+
+    config_path = _fast_yaml(tmp_path)
+    out = tmp_path / "out"
+    proc = run_cli("train", "--config", str(config_path), "--out", str(out), "-q", cwd=tmp_path)
+    assert "tdmr: val_acc" in proc.stdout
+    for name in ("config.yaml", "metrics.json", "model.json", "student.safetensors"):
+        assert (out / name).is_file(), name
+    config = load_config(config_path)
+    assert load_config(out / "config.yaml") == config
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= metrics.keys()
+    info = json.loads((out / "model.json").read_text())
+    assert (info["in_chans"], info["image_size"], info["num_classes"]) == (1, 8, 10)
+
+    model = load_deployed(out)
+    data = load_data(config.data, config.seed)
+    with torch.no_grad():
+        logits = model(data.test.images)
+    assert logits.shape == (450, 10)
+    assert accuracy(logits, data.test.labels) == pytest.approx(metrics["test_acc"], abs=1e-6)
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    config_path = _fast_yaml(tmp_path, **{"distill.temperature": -1})
+    proc = run_cli("train", "--config", str(config_path), "--out", str(tmp_path / "out"),
+                   "--set", "distill.n_stages=9", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("tdmr-search train: error:")
+    assert "distill.temperature" in lines[0] and "got -1" in lines[0]  # from the file
+    assert "distill.n_stages" in lines[0] and "got 9" in lines[0]  # from the --set flag
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from tdmr_search.config import (
     DataConfig,
@@ -18,12 +19,11 @@ from tdmr_search.config import (
     TeacherConfig,
     config_from_dict,
     dump_config,
+    format_flops,
     load_config,
     parse_flops,
 )
 from tdmr_search.errors import ConfigError, TdmrError
-
-from conftest import ROOT
 
 #: A config where every section (and every top-level field) differs from the defaults.
 NON_DEFAULT = PipelineConfig(
@@ -206,6 +206,15 @@ def test_numbers_are_coerced_to_the_field_types():
     assert "distill.epochs must be an integer; got 6.5" in _error({"distill": {"epochs": 6.5}})
 
 
+def test_yaml_exponent_floats_are_numbers(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as a string; the config must still take it as a number
+    path = tmp_path / "c.yaml"
+    path.write_text("reprogram:\n  lr: 1e-3\ndistill:\n  lr: 2.5e-4\n")
+    config = load_config(path)
+    assert config.reprogram.lr == 1e-3 and config.distill.lr == 2.5e-4
+    assert load_config(None, ["reprogram.lr=3e-4"]).reprogram.lr == 3e-4
+
+
 @pytest.mark.parametrize(
     "text, value",
     [("50M", 50e6), ("1.5G", 1.5e9), (2e7, 2e7), ("2e7", 2e7), (300, 300.0), ("20k", 20e3), ("1.2 GFLOPs", 1.2e9),
@@ -226,3 +235,9 @@ def test_config_module_imports_without_torch():
            "assert 'optuna' not in sys.modules, 'optuna imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("value, text", [(1.82e9, "1.82G"), (56.5e6, "56.5M"), (1500.0, "1.5k"), (12.0, "12")])
+def test_format_flops_reads_back(value, text):
+    assert format_flops(value) == text
+    assert parse_flops(text) == pytest.approx(value)

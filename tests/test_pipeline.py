@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_CONFIG, run_cli
+
 from tdmr_search.config import TeacherConfig, config_from_dict, load_config
 from tdmr_search.errors import BudgetError
+from tdmr_search.models.students import build_student
 from tdmr_search.models.teachers import build_teacher
 from tdmr_search.pipeline.loop import Runtime, accuracy
-from tdmr_search.pipeline.run import run_pipeline, reprogram_teacher
+from tdmr_search.pipeline.run import distill_student, reprogram_teacher, run_pipeline
 from tdmr_search.pipeline.stages import kd_loss, plan_phases
 
 METRIC_KEYS = {"val_acc", "test_acc", "teacher_val_acc", "flops", "params", "seconds"}
@@ -98,6 +99,27 @@ def test_plan_phases(n, epochs, schedule):
         assert temps == sorted(temps, reverse=True)
     else:
         assert all(p.temperature == 4.0 for p in phases)
+
+
+def test_shared_classifier_is_frozen_until_the_last_phase(fast_config, digits_data):
+    config = fast_config.replace({"reprogram.transform": "resize"})  # a static transform: stage 1 is quick
+    runtime = Runtime.create("cpu")
+    side = reprogram_teacher(config, digits_data, runtime)
+    torch.manual_seed(0)
+    student = build_student(config.student, digits_data.channels, config.reprogram.proxy_dim, digits_data.num_classes)
+    student.classifier.load_state_dict(side.state["classifier"])
+    start = _state(student)
+    seen = []
+    phases = plan_phases(2, 2, 4.0, "constant")
+    distill_student(student, phases, config, digits_data, runtime, side.z_train, side.logits_train,
+                    on_epoch_end=lambda step, m: seen.append((_state(student), m)))
+    (after_1, m_1), (after_2, m_2) = seen
+    assert torch.equal(after_1["classifier.weight"], side.state["classifier"]["weight"])  # H frozen in phase 1
+    assert not torch.equal(after_1["projector.weight"], start["projector.weight"])  # P_S learns
+    assert not torch.equal(after_2["classifier.weight"], after_1["classifier.weight"])  # H unfrozen at the end
+    assert m_1["feat"] > 0 and m_1["kd"] == 0 and m_1["ce"] == 0  # phase 1: feature alignment only
+    assert m_2["feat"] == 0 and m_2["kd"] > 0 and m_2["ce"] > 0  # last phase: KD + CE
+    assert all(p.requires_grad for p in student.parameters())
 
 
 def test_kd_loss():

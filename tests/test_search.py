@@ -171,7 +171,8 @@ def test_optuna_dashboard_opens_the_store(smoke_study):
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (pip install 'tdmr-search[dashboard]')")
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "optuna_dashboard", _storage(smoke_study), "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-c", "from optuna_dashboard._cli import main; main()", _storage(smoke_study),
+         "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -187,7 +188,7 @@ def test_optuna_dashboard_opens_the_store(smoke_study):
         summary = next(s for s in studies["study_summaries"] if s["study_name"] == STUDY)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as r:
             detail = json.loads(r.read())
-        assert detail["metric_names"] == ["val_acc"]
+        assert detail["objective_names"] == ["val_acc"]
         keys = {a["key"] for t in detail["trials"] for a in t["user_attrs"]}
         assert {"val_acc", "test_acc", "flops", "config"} <= keys
     finally:

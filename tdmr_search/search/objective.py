@@ -75,7 +75,8 @@ class Objective:
     def config_for(self, trial: optuna.Trial) -> PipelineConfig:
         """The resolved config of ``trial``."""
         overrides = sample_overrides(trial, self.space, self.students)
-        return self.space.base.replace({**overrides, "method": "tdmr", "max_flops": _cap_text(self.space.max_flops)})
+        cap = self.space.raw.get("max_flops")
+        return self.space.base.replace({**overrides, "method": "tdmr", "max_flops": None if cap is None else str(cap)})
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
@@ -168,10 +169,6 @@ class Objective:
             artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=path, study_or_trial=trial,
                                           mimetype="application/octet-stream")
         trial.set_user_attr("weights_artifact_id", artifact_id)
-
-
-def _cap_text(cap: float | None) -> str | None:
-    return None if cap is None else f"{cap:.6g}"
 
 
 def trial_summary(trial: optuna.trial.FrozenTrial) -> str:

@@ -23,16 +23,17 @@ logger = logging.getLogger("tdmr_search")
 
 def _train(args: argparse.Namespace) -> int:
     from tdmr_search.config import load_config
-    from tdmr_search.pipeline.run import run_pipeline, save_result
 
     overrides = list(args.set or [])
     if args.method:
         overrides.append(f"method={args.method}")
     if args.device:
         overrides.append(f"device={args.device}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # config errors come before the heavy imports
     out = Path(args.out)
     _check_writable(out)
+    from tdmr_search.pipeline.run import run_pipeline, save_result
+
     result = run_pipeline(config)
     save_result(result, out)
     m = result.metrics

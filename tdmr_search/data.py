@@ -288,13 +288,22 @@ def select_labelled(
         picked = [rng.choice(np.flatnonzero(labels == c), size=shots, replace=False) for c in classes]
         return np.sort(np.concatenate(picked))
     if fraction is not None and fraction < 1.0:
-        idx = np.arange(len(labels))
         n = max(int(round(fraction * len(labels))), len(classes))
-        if n >= len(labels):
-            return idx
-        chosen, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
-        return np.sort(chosen)
+        return _stratified_subset(labels, n, seed)
     return np.arange(len(labels))
+
+
+def _stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` items, stratified when both parts can hold every class."""
+    idx = np.arange(len(labels))
+    if n >= len(labels):
+        return idx
+    n_classes = len(np.unique(labels))
+    if n >= n_classes and len(labels) - n >= n_classes:
+        chosen, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
+    else:  # too close to all (or none) of the items to stratify both parts: a seeded random subset
+        chosen = np.random.default_rng(seed).choice(idx, size=n, replace=False)
+    return np.sort(chosen)
 
 
 def _to_tensor(images: np.ndarray, size: int | None) -> torch.Tensor:
@@ -343,8 +352,13 @@ def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     test_idx = np.arange(len(test_y))
     if cfg.test_limit is not None and cfg.test_limit < len(test_y):
-        test_idx, _ = train_test_split(test_idx, train_size=cfg.test_limit, stratify=test_y, random_state=0)
-        test_idx = np.sort(test_idx)
+        n_test_classes = len(np.unique(test_y))
+        if cfg.test_limit < n_test_classes:
+            raise DataError(
+                f"data.test_limit must be at least the number of test classes ({n_test_classes}) so every class is "
+                f"evaluated; got {cfg.test_limit}"
+            )
+        test_idx = _stratified_subset(test_y, cfg.test_limit, 0)
     size = cfg.image_size
     train = ImageSplit(_take(raw.train_images, train_idx, size), torch.from_numpy(train_y[train_idx]))
     val = ImageSplit(_take(raw.train_images, val_idx, size), torch.from_numpy(train_y[val_idx]))

@@ -274,12 +274,9 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     assert np.array_equal(again.test_labels, raw.test_labels)
 
 
-# ----------------------------------------------------------------------------- known bugs
+# ------------------------------------------------------------------ edge cases (once bugs)
 
 
-@pytest.mark.xfail(reason="data.py load_data: the stratified train_test_split for test_limit raises sklearn's "
-                          "ValueError when test_limit, or the test images left out, are fewer than the classes",
-                   strict=True)
 @pytest.mark.parametrize("limit", [5, 445], ids=["below-classes", "leaves-out-fewer-than-classes"])
 def test_any_valid_test_limit_loads_or_is_a_data_error(limit):
     try:
@@ -289,9 +286,6 @@ def test_any_valid_test_limit_loads_or_is_a_data_error(limit):
     assert len(data.test) == limit
 
 
-@pytest.mark.xfail(reason="data.py select_labelled: the stratified train_test_split for a fraction close to 1 "
-                          "raises sklearn's ValueError when the images left out are fewer than the classes",
-                   strict=True)
 def test_a_fraction_close_to_one_loads_or_is_a_data_error():
     try:
         data = load_data(_digits(shots=None, fraction=0.995, val_fraction=0.2), seed=0)

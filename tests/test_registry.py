@@ -222,8 +222,6 @@ def test_weight_source_contract(source):
     assert source in teacher.identity
 
 
-@pytest.mark.xfail(reason="teachers.py FrozenTeacher.__init__ puts the wrapped timm model in eval mode but leaves "
-                          "the wrapper's own `training` flag True until someone calls .train()", strict=True)
 def test_a_new_frozen_teacher_reports_eval_mode():
     teacher = build_teacher(TeacherConfig(name="test_vit", weights="random", input_size=32))
     assert not teacher.training

@@ -48,7 +48,7 @@ class FrozenTeacher(nn.Module):
         self.feature_dim = feature_dim(model)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.model.eval()
+        self.train(False)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """The teacher stays in eval mode whatever the caller asks (frozen batch statistics)."""

@@ -143,6 +143,8 @@ class DataConfig(_Section):
     """Side of the stored target images; None keeps the native size (128 for mixed sizes)."""
     test_limit: int | None = None
     """Evaluate on at most this many test images (stratified); None uses the whole test split."""
+    augment_views: int = 0
+    """Augmented views (random crop and flip) added per train image, fixed and seeded so the teacher side stays cacheable; 0: none."""
 
     def problems(self) -> list[str]:
         p: list[str] = []
@@ -155,6 +157,7 @@ class DataConfig(_Section):
         _check_range(p, "data.val_fraction", self.val_fraction, 0.0, 0.9, low_open=True)
         _check_range(p, "data.image_size", self.image_size, 4, 1024)
         _check_range(p, "data.test_limit", self.test_limit, 1)
+        _check_range(p, "data.augment_views", self.augment_views, 0, 64)
         return p
 
 

@@ -24,7 +24,9 @@ from tdmr_search.config import DataConfig
 from tdmr_search.errors import DataError
 from tdmr_search.registry import Registry, closest
 
-__all__ = ["ImageSplit", "TargetData", "RawDataset", "DATASETS", "load_data", "select_labelled", "dataset_names"]
+__all__ = [
+    "ImageSplit", "TargetData", "RawDataset", "DATASETS", "load_data", "select_labelled", "dataset_names", "add_views",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +326,28 @@ def _take(images: object, idx: np.ndarray, size: int | None) -> torch.Tensor:
     return _to_tensor(np.asarray(images)[idx], size)
 
 
+def add_views(split: ImageSplit, views: int, seed: int) -> ImageSplit:
+    """The split followed by ``views`` augmented copies of each image (seeded random crop and flip).
+
+    The views are fixed for a seed, so everything computed from them (the teacher side) can be
+    cached; an epoch passes over the originals and every view.
+    """
+    gen = torch.Generator().manual_seed(seed + 7919)
+    x = split.images
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect" if pad < h else "replicate")
+    out = [x]
+    for _ in range(views):
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        flip = torch.rand(n, generator=gen) < 0.5
+        view = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        view[flip] = view[flip].flip(-1)
+        out.append(view)
+    return ImageSplit(torch.cat(out), split.labels.repeat(views + 1))
+
+
 def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
     """Load ``cfg.dataset`` and return its seeded train / val / test splits.
 
@@ -363,6 +387,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
     train = ImageSplit(_take(raw.train_images, train_idx, size), torch.from_numpy(train_y[train_idx]))
     val = ImageSplit(_take(raw.train_images, val_idx, size), torch.from_numpy(train_y[val_idx]))
     test = ImageSplit(_take(raw.test_images, test_idx, size), torch.from_numpy(test_y[test_idx]))
+    if cfg.augment_views:
+        train = add_views(train, cfg.augment_views, seed)
     num_classes = max(int(train_y.max()), int(test_y.max())) + 1
     data = TargetData(cfg.dataset, train, val, test, num_classes, list(raw.class_names))
     logger.info("data: %s", data.summary())

@@ -80,3 +80,19 @@ def test_two_processes_asking_at_once_compute_once(tmp_path):
         assert p.exitcode == 0
     assert sorted(hit for hit, _ in results) == [False, True]  # one computed, the other waited and read
     assert results[0][1] == results[1][1]
+
+
+def test_augmented_views_are_fixed_so_the_cache_serves(tmp_path, tiny_config):
+    from tdmr_search.data import load_data
+
+    config = tiny_config.replace({"data.augment_views": 2})
+    data = load_data(config.data, config.seed)
+    plain = load_data(tiny_config.data, tiny_config.seed)
+    assert len(data.train) == 3 * len(plain.train) and len(data.val) == len(plain.val)
+    assert torch.equal(data.train.images[: len(plain.train)], plain.train.images)
+    assert not torch.equal(data.train.images[len(plain.train):2 * len(plain.train)], plain.train.images)
+    assert torch.equal(load_data(config.data, config.seed).train.images, data.train.images)  # seeded
+    cache = TeacherCache(tmp_path)
+    assert cache.get_or_compute(config, data).cache_hit is False
+    assert cache.get_or_compute(config, load_data(config.data, config.seed)).cache_hit is True
+    assert cache.get_or_compute(tiny_config, plain).cache_hit is False  # views change the key

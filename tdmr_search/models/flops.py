@@ -7,6 +7,7 @@ allocated and fused attention is counted.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -47,8 +48,12 @@ def model_flops(name: str, resolution: int = 224, in_chans: int = 3) -> float:
     return flops
 
 
+@functools.lru_cache(maxsize=512)
 def student_cost(cfg: StudentConfig, in_chans: int, image_size: int, proxy_dim: int, num_classes: int) -> tuple[float, int]:
-    """FLOPs and parameters of the deployed student (S + P_S + H) on one target-size image."""
+    """FLOPs and parameters of the deployed student (S + P_S + H) on one target-size image.
+
+    Remembered per process: the FLOPs gate and every trial of a search ask for the same few.
+    """
     return count_flops(
         lambda: build_student(cfg, in_chans, proxy_dim, num_classes, pretrained=False),
         (1, in_chans, image_size, image_size),

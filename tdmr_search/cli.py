@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, two_objective=args.two_objective,
         workers=args.workers, gpus=args.gpus, artifacts=args.artifacts, progress=not args.no_progress,
         baselines=not args.no_baselines, isolate=args.isolate, teacher_cache=not args.no_cache,
-        one_trial=args.one_trial,
+        one_trial=args.one_trial, trials_here=args.trials_here,
     )
     print(summary)
     return 0
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip the scratch and kd baselines")
     p.add_argument("--no-cache", action="store_true", help="do not share stage-1 outcomes through the teacher cache")
     p.add_argument("--one-trial", action="store_true", help=argparse.SUPPRESS)  # what --isolate workers run
+    p.add_argument("--trials-here", type=int, help=argparse.SUPPRESS)  # a worker's share of a trial budget
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("validate", help="check a search space and list the students that fit its FLOPs cap")

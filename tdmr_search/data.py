@@ -175,7 +175,9 @@ def _fashion_mnist(root: str | None = None, download: bool = False, image_size: 
 
 def _pil_loader(dataset: object, size: int):
     """A callable loading items of a PIL-yielding dataset at the given indices as uint8 arrays."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
+
+    samples = getattr(dataset, "samples", None)
 
     def load(indices: np.ndarray) -> np.ndarray:
         out = []
@@ -183,7 +185,12 @@ def _pil_loader(dataset: object, size: int):
             try:
                 image = dataset[int(i)][0]
             except (OSError, ValueError) as err:
-                raise DataError(f"Cannot read image {int(i)} of the dataset: {err}") from None
+                where = f"file {samples[int(i)][0]!r}" if samples is not None else f"{int(i)} of the dataset"
+                reason = "cannot identify image file" if isinstance(err, UnidentifiedImageError) else str(err)
+                raise DataError(
+                    f"Cannot read image {where}: {reason}; accepted: image files that Pillow can open "
+                    "(PNG, JPEG, BMP, ...); remove or replace it"
+                ) from None
             if not isinstance(image, Image.Image):
                 image = Image.fromarray(np.asarray(image))
             image = image.convert("RGB").resize((size, size), Image.BILINEAR)
@@ -251,9 +258,16 @@ def _imagefolder(path: str, image_size: int | None) -> RawDataset:
         train = tvd.ImageFolder(str(root / "train"))
         test = tvd.ImageFolder(str(test_dir))
     except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"imagefolder: cannot read {str(root)!r}: {err}") from None
+        raise DataError(
+            f"imagefolder: cannot read {str(root)!r}: {str(err).rstrip('.')}; expected train/ and test/ (or val/) subfolders, each "
+            "with one folder of images per class"
+        ) from None
     if train.classes != test.classes:
-        raise DataError(f"imagefolder: train and {test_dir.name} of {str(root)!r} have different class folders")
+        raise DataError(
+            f"imagefolder: train and {test_dir.name} of {str(root)!r} have different class folders "
+            f"(train: {', '.join(train.classes)}; {test_dir.name}: {', '.join(test.classes)}); accepted: the same "
+            "class folders in both"
+        )
     size = image_size or MIXED_SIZE_DEFAULT
     return RawDataset(_targets(train), _targets(test), _pil_loader(train, size), _pil_loader(test, size), list(train.classes))
 

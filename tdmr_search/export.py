@@ -20,6 +20,7 @@ from tdmr_search import __version__
 from tdmr_search.config import config_from_dict, dump_config, format_flops
 from tdmr_search.errors import StudyError
 from tdmr_search.pipeline.run import MODEL_FILE
+from tdmr_search.search.objective import KEEP_WEIGHTS
 from tdmr_search.search.secrets import redact
 from tdmr_search.search.study import artifact_dir, best_trials, load_study
 
@@ -56,17 +57,22 @@ def export(study_name: str, storage: str | None, which: str | int, out: str | Pa
                 f"Trial {number} of study {study_name!r} is {trials[0].state.name}, not COMPLETE; only finished trials "
                 "have a student to export"
             )
-    store = FileSystemArtifactStore(str(artifact_dir(study_name, storage, artifacts)))
+    store_dir = artifact_dir(study_name, storage, artifacts)
+    store = FileSystemArtifactStore(str(store_dir))
     out = Path(out)
     folders = []
     for t in trials:
         folder = out if len(trials) == 1 else out / f"trial-{t.number}"
-        folders.append(export_trial(study, t, folder, store))
+        folders.append(export_trial(study, t, folder, store, store_dir=store_dir))
     return folders
 
 
-def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystemArtifactStore) -> Path:
-    """Write one trial's config, weights, metrics and model card to ``folder``."""
+def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystemArtifactStore,
+                 store_dir: Path | None = None) -> Path:
+    """Write one trial's config, weights, metrics and model card to ``folder``.
+
+    ``store_dir`` (the artifact store's folder) only serves to name it in errors.
+    """
     attrs = trial.user_attrs
     if "config" not in attrs:
         raise StudyError(f"Trial {trial.number} of study {study.study_name!r} records no config; was it made by tdmr-search?")
@@ -75,7 +81,9 @@ def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystem
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise StudyError(f"Cannot write the export folder {str(folder)!r}: {err.strerror}") from None
+        raise StudyError(
+            f"Cannot write the export folder {str(folder)!r}: {err.strerror}; choose a writable --out folder"
+        ) from None
     weights = folder / MODEL_FILE
     if not artifact_id:
         raise StudyError(f"Trial {trial.number} stored no student weights; retrain it with `tdmr-search train --config` "
@@ -84,9 +92,11 @@ def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystem
         download_artifact(artifact_store=store, file_path=str(weights), artifact_id=artifact_id)
     except Exception:
         weights.unlink(missing_ok=True)
+        where = f" {str(store_dir)!r}" if store_dir is not None else ""
         raise StudyError(
-            f"The student weights of trial {trial.number} are gone from the artifact store : only the "
-            f"best few trials keep them; export --best, or retrain trial {trial.number} from its config with "
+            f"The student weights of trial {trial.number} are gone from the artifact store{where}; accepted: a "
+            f"trial whose weights are kept there (the best {KEEP_WEIGHTS} finished trials keep them; pass "
+            f"--artifacts DIR if the store moved), or retrain trial {trial.number} from its config with "
             "`tdmr-search train --config`"
         ) from None
     dump_config(config, folder / "config.yaml")

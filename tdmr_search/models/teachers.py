@@ -24,6 +24,8 @@ __all__ = ["FrozenTeacher", "WEIGHT_SOURCES", "build_teacher", "read_weights_fil
 logger = logging.getLogger(__name__)
 
 WEIGHT_SOURCES: Registry[nn.Module] = Registry("teacher weight source")
+_ACCEPTED = ("accepted teacher.weights: hub, package, random, or the path of an existing .safetensors file or "
+             "torch state dict")
 
 
 class FrozenTeacher(nn.Module):
@@ -89,7 +91,8 @@ def _package(name: str, img_size: int | None) -> nn.Module:
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file or a torch state dict (``weights_only=True``)."""
     if not path.is_file():
-        raise ModelError(f"The teacher weights file {str(path)!r} does not exist")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ModelError(f"The teacher weights file {str(path)!r} {problem}; {_ACCEPTED}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -106,7 +109,10 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"The teacher weights file {str(path)!r} does not hold a state dict of tensors")
+        raise ModelError(
+            f"The teacher weights file {str(path)!r} does not hold a state dict of tensors (it holds a "
+            f"{type(state).__name__}); accepted: a .safetensors file or a torch state dict saved with torch.save"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -146,13 +152,36 @@ def teacher_identity(cfg: TeacherConfig) -> str:
         return f"{cfg.name}:{cfg.weights}:timm-{timm.__version__}"
     path = Path(cfg.weights).expanduser()
     if not path.is_file():
-        raise ModelError(f"The teacher weights file {str(path)!r} does not exist")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ModelError(f"The teacher weights file {str(path)!r} {problem}; {_ACCEPTED}")
     stat = path.stat()
     return f"{cfg.name}:file:{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
 
 
+def check_input_size(name: str, size: int) -> None:
+    """Raise :class:`ModelError` unless teacher ``name`` runs on ``size`` x ``size`` images.
+
+    A ViT, for one, takes only multiples of its patch size. The check builds and runs the model
+    on the meta device: nothing is allocated.
+    """
+    try:
+        with torch.device("meta"):
+            probe = create_timm(name, "teacher.name", img_size=size, pretrained=False)
+            probe.forward_head(probe.forward_features(torch.empty(1, 3, size, size)), pre_logits=True)
+    except ModelError:
+        raise
+    except Exception as err:  # timm's own shape checks (patch size, too small for the downsampling)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(
+            f"Teacher {name!r} cannot run at teacher.input_size={size} ({reason}); accepted: a size this "
+            "architecture takes (for a ViT a multiple of its patch size), or null for its pretrained size"
+        ) from None
+
+
 def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
     """Build the frozen teacher that ``cfg`` describes."""
+    if cfg.input_size is not None:
+        check_input_size(cfg.name, cfg.input_size)
     weights = cfg.weights
     if weights in WEIGHT_SOURCES:
         model = WEIGHT_SOURCES.create(weights, name=cfg.name, img_size=cfg.input_size)

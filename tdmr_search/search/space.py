@@ -109,6 +109,9 @@ def _param(name: str, raw: Any, problems: list[str], base: dict[str, Any]) -> Pa
     ):
         problems.append(f"{where}: {name!r} cannot be searched (data, seed, device, method and the cap are fixed per study)")
         return None
+    if name in ("student.name", "student.resolution"):
+        problems.append(f"{where}: {name!r} is searched through students.names and students.resolutions, not params")
+        return None
     section, _, key = name.partition(".")
     if section not in base or not isinstance(base[section], dict) or key not in base[section]:
         known = [f"{s}.{k}" for s, v in base.items() if isinstance(v, dict) for k in v if s != "data"]
@@ -151,6 +154,16 @@ def _param(name: str, raw: Any, problems: list[str], base: dict[str, Any]) -> Pa
     if kind == "int" and (not float(low).is_integer() or not float(high).is_integer()):
         problems.append(f"{where}: an int parameter needs integer bounds; got {low!r}, {high!r}")
         return None
+    step = raw.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or (
+            kind == "int" and not float(step).is_integer()
+        ):
+            problems.append(f"{where}.step must be a positive {'integer' if kind == 'int' else 'number'}; got {step!r}")
+            return None
+        if raw.get("log"):
+            problems.append(f"{where}: a log-scale range cannot have a step; remove step or log")
+            return None
     return ParamSpec(name, kind, low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"), when=when)
 
 
@@ -186,9 +199,22 @@ def load_space(path: str | Path) -> SearchSpace:
             cap = parse_flops(raw["max_flops"])
         except ConfigError as err:
             problems.append(str(err))
+    base_raw = raw.get("base") if isinstance(raw.get("base"), dict) else {}
+    if base_raw.get("method", "tdmr") != "tdmr":
+        problems.append(f"base.method: a search always runs tdmr (baselines run beside it); got {base_raw['method']!r}")
+    if base_raw.get("max_flops") is not None:
+        problems.append("base.max_flops: set the FLOPs cap as the top-level max_flops of the space, not in base")
     students = raw.get("students") or {}
-    names = students.get("names") if isinstance(students, dict) else None
-    resolutions = students.get("resolutions") if isinstance(students, dict) else None
+    if not isinstance(students, dict):
+        problems.append(f"students must be a mapping with names and resolutions; got {students!r}")
+        students = {}
+    for key in students:
+        if key not in ("names", "resolutions"):
+            hint = closest(str(key), ("names", "resolutions"))
+            problems.append(f"Unknown key students.{key}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                            + "; accepted: names, resolutions")
+    names = students.get("names")
+    resolutions = students.get("resolutions")
     if names is None:
         names = [base.student.name]
     if resolutions is None:
@@ -217,6 +243,9 @@ def load_space(path: str | Path) -> SearchSpace:
             if cond not in names_so_far:
                 problems.append(f"params.{p.name}.when refers to {cond!r}, which must be a parameter listed before it")
         names_so_far.add(p.name)
+    if not any(m.startswith("base:") for m in problems):
+        for p in params:
+            _check_values(p, base, problems)
     if problems:
         raise ConfigError(f"Invalid search space {str(path)!r}: " + "; ".join(problems))
     return SearchSpace(
@@ -224,6 +253,22 @@ def load_space(path: str | Path) -> SearchSpace:
         student_names=tuple(names), resolutions=tuple(resolutions), params=tuple(params), raw=raw,
         description=str(raw.get("description") or ""),
     )
+
+
+def _check_values(p: ParamSpec, base: PipelineConfig, problems: list[str]) -> None:
+    """Report the choices or bounds of ``p`` that the config itself rejects (a typo, a negative temperature)."""
+    if p.type == "categorical":
+        values = [("choice", v) for v in p.choices]
+    else:
+        cast = int if p.type == "int" else float
+        values = [("low", cast(p.low)), ("high", cast(p.high))]
+    for what, value in values:
+        try:
+            base.replace({p.name: value})
+        except ConfigError as err:
+            message = str(err).removeprefix("Invalid config: ")
+            if f"{p.name} must" in message:  # its own check, not a combination with another base value
+                problems.append(f"params.{p.name}: {what} {value!r} is not accepted: {message}")
 
 
 def _merged_defaults(base: Any) -> Any:
@@ -278,11 +323,19 @@ def require_feasible(space: SearchSpace, fit: list[StudentChoice], over: list[St
     if fit:
         return
     buildable = [c for c in over if c.error is None]
-    cheapest = min(buildable, key=lambda c: c.flops) if buildable else None
+    if not buildable:
+        first = over[0] if over else None
+        raise BudgetError(
+            "No student candidate can be built"
+            + (f" (e.g. {first.key}: {first.error})" if first is not None else "")
+            + "; accepted: students.names / students.resolutions the architectures take (for a ViT a multiple "
+            "of its patch size)"
+        )
+    cheapest = min(buildable, key=lambda c: c.flops)
     raise BudgetError(
         f"No student fits the FLOPs cap max_flops={format_flops(space.max_flops or 0)}: the cheapest candidate, "
-        + (f"{cheapest.key}, costs {format_flops(cheapest.flops)}" if cheapest else "none can be built")
-        + "; raise max_flops or add smaller students.names / students.resolutions"
+        f"{cheapest.key}, costs {format_flops(cheapest.flops)}; raise max_flops or add smaller students.names / "
+        "students.resolutions"
     )
 
 

@@ -39,8 +39,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 30
+#: Heartbeat of running trials and how long one may be silent before it counts as dead
+#: (TDMR_HEARTBEAT_SECONDS / TDMR_GRACE_SECONDS override them, e.g. in tests).
+HEARTBEAT_SECONDS = int(os.environ.get("TDMR_HEARTBEAT_SECONDS", "10"))
+GRACE_SECONDS = int(os.environ.get("TDMR_GRACE_SECONDS", "30"))
 SQLITE_MAX_WORKERS = 4
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -267,7 +269,7 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
                pruner: str = "hyperband", seed: int = 0, two_objective: bool = False, workers: int = 1,
                gpus: str | None = None, artifacts: str | None = None, progress: bool = True,
                baselines: bool = True, isolate: bool = False, teacher_cache: bool = True,
-               one_trial: bool = False) -> str:
+               one_trial: bool = False, trials_here: int | None = None) -> str:
     """Run (or resume) the search and return a summary for the terminal.
 
     Args:
@@ -286,6 +288,7 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
         baselines: Run the scratch and kd baselines for the best student afterwards.
         isolate: Run each trial in a fresh process.
         one_trial: Run at most one trial in this process (what isolated workers do).
+        trials_here: Run at most this many trials in this process (a worker's share of a trial budget).
         teacher_cache: Share stage-1 outcomes between trials through the on-disk cache.
     """
     check_study_name(study_name)
@@ -308,7 +311,7 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
         return _run_workers(space_path, study_name, url, budget, sampler, pruner, seed, two_objective, workers,
                             gpu_ids, artifacts, progress, baselines, isolate)
     return _run_here(space, study_name, url, n_trials, timeout, sampler, pruner, seed, two_objective, artifacts,
-                     progress, baselines, teacher_cache, 1 if one_trial else None)
+                     progress, baselines, teacher_cache, 1 if one_trial else trials_here)
 
 
 def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | None, timeout: float | None,
@@ -360,9 +363,11 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
     _interrupt_on_sigterm()
     finished = _count_finished(study)
     if n_trials is None or finished < n_trials:
-        study.optimize(objective, n_trials=max_trials_this_process if max_trials_this_process else
-                       (None if n_trials is None else n_trials - finished),
-                       timeout=timeout, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
+        todo = None if n_trials is None else n_trials - finished
+        if max_trials_this_process is not None:
+            todo = max_trials_this_process if todo is None else min(todo, max_trials_this_process)
+        study.optimize(objective, n_trials=todo, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks,
+                       gc_after_trial=True)
     if baselines and not two_objective:
         _baselines(study, space, data)
     return summary(study, url, store_dir)
@@ -500,7 +505,17 @@ def _run_workers(space_path: str, study_name: str, url: str, budget: str, sample
     """
     n_trials, timeout = parse_budget(budget)
     deadline = None if timeout is None else time.monotonic() + timeout
-    open_storage(url, heartbeat=False)  # fail early with a clear message, and create the schema once
+    rdb = open_storage(url, heartbeat=False)  # fail early with a clear message, and create the schema once
+    _interrupt_on_sigterm()
+    shares: list[int | None] = [None] * workers
+    if n_trials is not None and not isolate:
+        # a trial budget is split between the workers, so the study ends with exactly n_trials
+        try:
+            done = _count_finished(optuna.load_study(study_name=study_name, storage=rdb))
+        except KeyError:
+            done = 0
+        left = max(0, n_trials - done)
+        shares = [left // workers + (1 if w < left % workers else 0) for w in range(workers)]
 
     def command(worker: int) -> list[str]:
         cmd = [sys.executable, "-m", "tdmr_search", "run", "--study", study_name, "--space", space_path,
@@ -509,6 +524,8 @@ def _run_workers(space_path: str, study_name: str, url: str, budget: str, sample
                "--no-baselines", "--workers", "1"]
         if isolate:
             cmd += ["--one-trial"]
+        elif shares[worker] is not None:
+            cmd += ["--trials-here", str(shares[worker])]
         if two_objective:
             cmd.append("--two-objective")
         if artifacts:
@@ -523,7 +540,9 @@ def _run_workers(space_path: str, study_name: str, url: str, budget: str, sample
             e["CUDA_VISIBLE_DEVICES"] = gpu_ids[worker % len(gpu_ids)]
         return e
 
-    procs: dict[int, subprocess.Popen] = {w: subprocess.Popen(command(w), env=env(w)) for w in range(workers)}
+    procs: dict[int, subprocess.Popen] = {
+        w: subprocess.Popen(command(w), env=env(w)) for w in range(workers) if shares[w] != 0
+    }
     failures = []
     try:
         while procs:

@@ -1,0 +1,204 @@
+"""Transfer quality: TDMR against scratch, kd and probe on Fashion-MNIST with few labels.
+
+Fashion-MNIST (offline, Debian package) with 10, 50 and 100 labelled images per class (20% of
+them held out for validation), the ImageNet EfficientNet-Lite0 teacher from its PyPI package at
+112 px (not its native 224: a CPU-sized setting, the same as the demo space), and one fixed
+student under 20 MFLOPs. Every method runs with the same student, data, epochs and seed:
+
+- ``tdmr``: stage 1 (pad transform + linear projector into a 128-d proxy space, cross-entropy)
+  then 3-phase progressive distillation (features -> predictions -> task);
+- ``scratch``: the student with cross-entropy only;
+- ``kd``: logit distillation from a linear probe on the frozen teacher;
+- ``probe``: the frozen teacher + a linear head (a reference, not deployable under the cap).
+
+Test accuracy is on the official test split (``--test-limit`` takes a stratified subset; the
+default is the whole 10,000), never used for selection. The table gives mean +- sample std over
+seeds, and TDMR minus scratch / kd as mean +- std of the per-seed paired differences. Every run's
+per-epoch history (validation accuracy and the feat / kd / ce losses) and the stage-1 history
+are written to the JSON, for finding out why a method wins or loses. The settings are fixed, not
+tuned per method.
+
+    python benchmarks/transfer.py [--quick] [--shots 10,50,100] [--seeds 0,1,2]
+        [--methods tdmr,scratch,kd,probe] [--test-limit N] [--out benchmarks/results/transfer.json]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from _common import mean_std, parser, setup_logging, stamp, table, write_json
+
+METHOD_ORDER = ("tdmr", "scratch", "kd", "probe")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _methods(text: str) -> list[str]:
+    out = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in out if m not in METHOD_ORDER]
+    if bad:
+        raise SystemExit(f"--methods: unknown {bad}; accepted: {', '.join(METHOD_ORDER)}")
+    return out
+
+
+def base_config(args: Any, device: str) -> Any:
+    from tdmr_search.config import PipelineConfig
+
+    name, _, res = args.student.rpartition("@")
+    return PipelineConfig().replace({
+        "device": device, "max_flops": args.max_flops,
+        "data.dataset": "fashion-mnist", "data.val_fraction": 0.2, "data.test_limit": args.test_limit,
+        "teacher.name": "tf_efficientnet_lite0", "teacher.weights": "package", "teacher.input_size": args.teacher_size,
+        "reprogram.transform": "pad", "reprogram.pad": 16, "reprogram.projector": "linear", "reprogram.proxy_dim": 128,
+        "reprogram.epochs": args.stage1_epochs, "reprogram.lr": 3e-3, "reprogram.batch_size": 64,
+        "student.name": name, "student.resolution": int(res), "student.projector": "linear",
+        "distill.n_stages": 3, "distill.temperature": 4.0, "distill.temperature_schedule": "constant",
+        "distill.feature_loss": "mse", "distill.epochs": args.stage2_epochs, "distill.lr": 3e-3,
+        "distill.weight_decay": 5e-4, "distill.batch_size": 64,
+    })
+
+
+def compact_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keep = ("epoch", "phase", "val_acc", "loss", "feat", "kd", "ce", "temperature", "teacher_val_acc")
+    return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items() if k in keep} for h in history]
+
+
+def summarise(runs: list[dict[str, Any]], shots_list: list[int], methods: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"test_acc": {}, "teacher_val_acc": {}, "tdmr_minus": {}, "best_epoch_val_acc": {}}
+    for shots in shots_list:
+        for method in methods:
+            rs = [r for r in runs if r["shots"] == shots and r["method"] == method]
+            if not rs:
+                continue
+            m, s = mean_std([r["test_acc"] for r in rs])
+            out["test_acc"][f"{shots}/{method}"] = {"mean": m, "std": s, "n": len(rs)}
+            tv = [r["teacher_val_acc"] for r in rs if r.get("teacher_val_acc") is not None]
+            if tv:
+                tm, ts = mean_std(tv)
+                out["teacher_val_acc"][f"{shots}/{method}"] = {"mean": tm, "std": ts}
+            curves = [[h["val_acc"] for h in r["history"]] for r in rs if r.get("history")]
+            if curves:
+                out["best_epoch_val_acc"][f"{shots}/{method}"] = {
+                    "final": mean_std([c[-1] for c in curves])[0], "max": mean_std([max(c) for c in curves])[0]}
+        for other in ("scratch", "kd", "probe"):
+            pairs = []
+            for r in runs:
+                if r["shots"] == shots and r["method"] == "tdmr":
+                    o = next((x for x in runs if x["shots"] == shots and x["seed"] == r["seed"]
+                              and x["method"] == other), None)
+                    if o is not None:
+                        pairs.append(r["test_acc"] - o["test_acc"])
+            if pairs:
+                m, s = mean_std(pairs)
+                out["tdmr_minus"][f"{shots}/{other}"] = {"mean": m, "std": s, "n": len(pairs),
+                                                          "wins": sum(p > 0 for p in pairs)}
+    return out
+
+
+def print_summary(summary: dict[str, Any], shots_list: list[int], methods: list[str]) -> None:
+    rows = []
+    for shots in shots_list:
+        row: list[Any] = [shots]
+        for method in methods:
+            s = summary["test_acc"].get(f"{shots}/{method}")
+            row.append(f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f} (n={s['n']})" if s else "-")
+        for other in ("scratch", "kd"):
+            d = summary["tdmr_minus"].get(f"{shots}/{other}")
+            row.append(f"{100 * d['mean']:+.1f} +- {100 * d['std']:.1f} ({d['wins']}/{d['n']} wins)" if d else "-")
+        rows.append(row)
+    print(table(rows, ["shots/class", *[f"{m} test %" for m in methods], "tdmr - scratch", "tdmr - kd"]))
+    tv_rows = []
+    for shots in shots_list:
+        row = [shots]
+        for method in ("tdmr", "kd", "probe"):
+            s = summary["teacher_val_acc"].get(f"{shots}/{method}")
+            row.append(f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}" if s else "-")
+        for method in ("tdmr", "scratch", "kd"):
+            s = summary["best_epoch_val_acc"].get(f"{shots}/{method}")
+            row.append(f"{100 * s['final']:.1f} / {100 * s['max']:.1f}" if s else "-")
+        tv_rows.append(row)
+    print()
+    print(table(tv_rows, ["shots/class", "tdmr teacher val %", "kd probe val %", "probe val %",
+                          "tdmr val final/max %", "scratch val final/max %", "kd val final/max %"]))
+
+
+def main() -> None:
+    p = parser("transfer", __doc__.splitlines()[0])
+    p.add_argument("--shots", default=None, help="labels per class, comma-separated (default 10,50,100; --quick: 10)")
+    p.add_argument("--seeds", default=None, help="seeds, comma-separated (default 0,1,2; --quick: 0)")
+    p.add_argument("--methods", default=",".join(METHOD_ORDER))
+    p.add_argument("--test-limit", type=int, default=None, help="stratified test subset (default: all 10,000)")
+    p.add_argument("--student", default="mobilenetv3_small_100@64", help="name@resolution, under --max-flops")
+    p.add_argument("--max-flops", default="20M")
+    p.add_argument("--teacher-size", type=int, default=112, help="teacher input side (EfficientNet-Lite0 is 224 native)")
+    p.add_argument("--stage1-epochs", type=int, default=5, help="stage-1 epochs (also the kd/probe linear probe's)")
+    p.add_argument("--stage2-epochs", type=int, default=20, help="stage-2 epochs (every method's student)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = p.parse_args()
+    setup_logging(args.verbose)
+    shots_list = _ints(args.shots or ("10" if args.quick else "10,50,100"))
+    seeds = _ints(args.seeds or ("0" if args.quick else "0,1,2"))
+    methods = _methods(args.methods)
+
+    import torch
+
+    from tdmr_search.data import load_data
+    from tdmr_search.pipeline.run import deployed_cost, run_pipeline
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    base = base_config(args, device)
+    test_note = (f"test accuracy on a stratified {args.test_limit}-image subset of the 10,000 test images"
+                 if args.test_limit else "test accuracy on the full 10,000-image test split")
+    print(f"student {base.student.name}@{base.student.resolution}, teacher {base.teacher.name} at "
+          f"{base.teacher.input_size}px (package weights), stage-1 {base.reprogram.epochs} ep, stage-2 "
+          f"{base.distill.epochs} ep, device {device}; {test_note}", flush=True)
+    head = {**stamp(), "benchmark": "transfer", "shots": shots_list, "seeds": seeds, "methods": methods,
+            "test_limit": args.test_limit, "test_note": test_note, "settings": base.to_dict()}
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for seed in seeds:  # seed-major: a cut-short run still covers every shots setting
+        for shots in shots_list:
+            config = base.replace({"seed": seed, "data.shots": shots})
+            data = load_data(config.data, seed)
+            if "student_flops" not in head:
+                head["student_flops"], head["student_params"] = deployed_cost(
+                    config, data.channels, data.image_size, data.num_classes)
+            for method in methods:
+                t0 = time.perf_counter()
+                result = run_pipeline(config.replace({"method": method}), data=data)
+                m = result.metrics
+                run = {
+                    "shots": shots, "seed": seed, "method": method, "test_acc": m["test_acc"],
+                    "val_acc": m["val_acc"], "teacher_val_acc": m.get("teacher_val_acc"),
+                    "wall_seconds": time.perf_counter() - t0, "seconds": m.get("seconds"), "data": m.get("data"),
+                    "history": compact_history(m.get("history") or []),
+                    "teacher_history": compact_history(m.get("teacher_history") or []),
+                }
+                runs.append(run)
+                tv = run["teacher_val_acc"]
+                print(f"  seed {seed} shots {shots:>3} {method:<7} test {100 * run['test_acc']:5.1f}%  "
+                      f"val {100 * run['val_acc']:5.1f}%"
+                      + (f"  teacher val {100 * tv:5.1f}%" if tv is not None else "")
+                      + f"  {run['wall_seconds']:6.1f}s  (elapsed {time.perf_counter() - started:5.0f}s)", flush=True)
+                write_json(args.out, {**head, "complete": False, "runs": runs,
+                                      "summary": summarise(runs, shots_list, methods)})
+    summary = summarise(runs, shots_list, methods)
+    print()
+    print_summary(summary, shots_list, methods)
+    print()
+    print(test_note)
+    for shots in shots_list:
+        for other in ("scratch", "kd"):
+            d = summary["tdmr_minus"].get(f"{shots}/{other}")
+            if d:
+                beats = d["mean"] > 0
+                print(f"{shots:>3} shots: TDMR {'beats' if beats else 'does NOT beat'} {other} "
+                      f"({100 * d['mean']:+.1f} +- {100 * d['std']:.1f} points, {d['wins']}/{d['n']} seeds)")
+    print(f"wrote {write_json(args.out, {**head, 'complete': True, 'runs': runs, 'summary': summary})}")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,24 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repetitions / trials (a smoke run, noisier)")
     p.add_argument("--out", default=str(RESULTS / f"{name}.json"), help="where to write the JSON figures")
     p.add_argument("--verbose", action="store_true", help="log the pipeline's progress")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own); 1 on a shared, busy machine, where OpenMP "
+                        "threads waiting for each other on busy cores slow every step down several times")
     return p
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count when asked (recorded in the JSON's machine.torch_threads)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Logging and threads, from the common flags."""
+    setup_logging(args.verbose)
+    apply_threads(args.threads)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -74,8 +91,8 @@ def machine() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     try:
-        import timm
         import optuna
+        import timm
 
         info["timm"] = timm.__version__
         info["optuna"] = optuna.__version__
@@ -135,7 +152,7 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     """A plain fixed-width table."""
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -32,9 +32,10 @@ on the CPU with tiny timm test models (the figures mean nothing; it checks the c
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from _common import parser, setup_logging, stamp, table, verdict, write_json
+from _common import parser, setup, stamp, table, verdict, write_json
 
 GOAL_MFU = 0.40
 GOAL_DATA_SHARE = 0.10
@@ -202,7 +203,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=None, help="batches per timed epoch (default 20; --quick: 8)")
     args = p.parse_args()
-    setup_logging(args.verbose)
+    setup(args)
 
     import torch
 
@@ -275,7 +276,6 @@ def main() -> None:
         "host_to_device_copies_seconds": copy_s, "copy_share_of_pipeline_pass": copy_s / pipeline_s,
         "feeding_cost": 1.0 - t_pipe_ips / t_res_ips, "profile": teacher_busy,
     }
-    del on_device
 
     # ---- 2. stage-1 training through the teacher (pad transform) ------------------------------------
     config = PipelineConfig().replace({
@@ -295,7 +295,6 @@ def main() -> None:
         "flops_note": "forward + backward to the input through frozen weights, taken as 2x the forward's FLOPs",
         "epoch_includes": f"{steps} training steps + validation of {len(data.val)} images", "profile": clock1.profiled,
     }
-    del teacher, transform
 
     # ---- 3. stage-2 training of the student ---------------------------------------------------------
     student_cfg = StudentConfig(name=args.student, resolution=args.student_size)

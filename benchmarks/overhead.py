@@ -34,10 +34,11 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from _common import ROOT, parser, setup_logging, stamp, table, verdict, write_json
+from _common import ROOT, parser, setup, stamp, table, verdict, write_json
 
 GOAL_SHARE = 0.03
 SAMPLER_METHODS = ("infer_relative_search_space", "sample_relative", "sample_independent", "before_trial",
@@ -156,13 +157,13 @@ def main() -> None:
     p.add_argument("--pruner", default="hyperband")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    setup_logging(args.verbose)
+    setup(args)
     n_trials = args.trials or (3 if args.quick else 8)
 
     from tdmr_search.search.study import run_search
 
     acc = Accountant()
-    setup = install(acc)
+    state = install(acc)
     tmp = Path(tempfile.mkdtemp(prefix="tdmr-bench-overhead-"))
     url = f"sqlite:///{tmp / 'overhead.db'}"
     t0 = time.perf_counter()
@@ -170,7 +171,7 @@ def main() -> None:
         run_search(args.space, "overhead", url, str(n_trials), sampler="tpe", pruner=args.pruner, seed=args.seed,
                    artifacts=str(tmp / "artifacts"), progress=False, baselines=False, teacher_cache=True)
         total_run = time.perf_counter() - t0
-        study = setup["study"]
+        study = state["study"]
         trials = [{
             "number": t.number, "state": t.state.name,
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None,
@@ -179,7 +180,7 @@ def main() -> None:
         } for t in study.get_trials(deepcopy=False)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    wall = setup["optimize_seconds"]
+    wall = state["optimize_seconds"]
     shares = {k: acc.seconds.get(k, 0.0) / wall for k in (*REPORTED, *OTHER)}
     named = sum(shares[k] for k in REPORTED)
     everything = sum(shares.values())
@@ -194,14 +195,14 @@ def main() -> None:
     print(f"with store reads, artifacts, pruner and config too = {100 * everything:.2f}%  "
           f"goal < {100 * GOAL_SHARE:.0f}%: {verdict(everything < GOAL_SHARE)}")
     print("one-off study setup (not in trial time): "
-          + ", ".join(f"{k} {v:.2f}s" for k, v in setup["seconds"].items()))
+          + ", ".join(f"{k} {v:.2f}s" for k, v in state["seconds"].items()))
     payload = {
         **stamp(), "benchmark": "overhead", "space": args.space, "trials": n_trials, "pruner": args.pruner,
         "seed": args.seed, "optimize_wall_seconds": wall, "run_search_wall_seconds": total_run,
         "seconds": dict(acc.seconds), "calls": dict(acc.calls), "shares": shares,
         "share_issue_four": named, "share_all_machinery": everything,
         "goal": {"max_share": GOAL_SHARE, "met_issue_four": named < GOAL_SHARE, "met_all": everything < GOAL_SHARE},
-        "setup_seconds": dict(setup["seconds"]), "trials_detail": trials,
+        "setup_seconds": dict(state["seconds"]), "trials_detail": trials,
     }
     print(f"wrote {write_json(args.out, payload)}")
 

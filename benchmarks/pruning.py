@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, parser, setup_logging, stamp, table, verdict, write_json
+from _common import ROOT, parser, setup, stamp, table, verdict, write_json
 
 GOAL_SAVED = 0.5
 GOAL_ACC_POINTS = 1.0
@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--space", default=str(ROOT / "spaces" / "demo.yaml"))
     p.add_argument("--seed", type=int, default=0, help="the sampler seed of both studies")
     args = p.parse_args()
-    setup_logging(args.verbose)
+    setup(args)
     n_trials = args.trials or (6 if args.quick else 16)
 
     from tdmr_search.search.space import load_space
@@ -90,7 +90,7 @@ def main() -> None:
     none, hb = results["none"], results["hyperband"]
     saved = 1.0 - hb["epochs"] / none["epochs"] if none["epochs"] else float("nan")
     diff = 100.0 * ((hb["best_val_acc"] or 0.0) - (none["best_val_acc"] or 0.0))
-    same_first = sum(a["params"] == b["params"] for a, b in zip(none["trials"], hb["trials"]))
+    same_first = sum(a["params"] == b["params"] for a, b in zip(none["trials"], hb["trials"], strict=False))
     goals = {"epochs_saved>=0.5": saved >= GOAL_SAVED, "best_val_acc_within_1pt": diff >= -GOAL_ACC_POINTS}
     rows = [[r["pruner"], r["counts"]["COMPLETE"], r["counts"]["PRUNED"], r["counts"]["FAIL"], r["epochs"],
              n_trials * max_epochs, f"{r['best_val_acc']:.4f}" if r["best_val_acc"] is not None else "-",

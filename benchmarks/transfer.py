@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from _common import mean_std, parser, setup_logging, stamp, table, write_json
+from _common import mean_std, parser, setup, stamp, table, write_json
 
 METHOD_ORDER = ("tdmr", "scratch", "kd", "probe")
 
@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--stage2-epochs", type=int, default=20, help="stage-2 epochs (every method's student)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args()
-    setup_logging(args.verbose)
+    setup(args)
     shots_list = _ints(args.shots or ("10" if args.quick else "10,50,100"))
     seeds = _ints(args.seeds or ("0" if args.quick else "0,1,2"))
     methods = _methods(args.methods)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, median, parser, setup_logging, stamp, table, verdict, write_json
+from _common import ROOT, median, parser, setup, stamp, table, verdict, write_json
 
 GOAL_HIT_VS_FLOOR = 1.2
 GOAL_HIT_VS_NO_CACHE = 0.35
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--student", default="mobilenetv3_small_100@64", help="name@resolution (must fit the cap)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args()
-    setup_logging(args.verbose)
+    setup(args)
     rounds = args.rounds or (1 if args.quick else 3)
 
     import torch
@@ -97,7 +97,6 @@ def main() -> None:
     print(f"trial: {config.student.name}@{config.student.resolution} ({flops / 1e6:.2f} MFLOPs), transform pad 16, "
           f"proxy 128, stage-1 {config.reprogram.epochs} ep, stage-2 {config.distill.epochs} ep, device {device}, "
           f"data {data.summary()}")
-    t0 = time.perf_counter()
     warmup = run("miss", -1)  # fills the warm cache; also pays one-off costs (imports, first allocations)
     warmup["variant"] = "warmup_miss"
     shutil.copytree(tmp_root / "fresh--1", warm.folder, dirs_exist_ok=True)

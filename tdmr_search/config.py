@@ -306,6 +306,8 @@ class PipelineConfig(_Section):
     """Seed of data sampling, initialisation and batch order."""
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu' or 'cuda'."""
+    compile: bool = False
+    """Compile the teacher's and the student's forward passes with torch.compile (worth it on a GPU)."""
     max_flops: str | None = None
     """FLOPs cap of the deployed student ('20M', '1.5G'); None: no cap."""
     data: DataConfig = field(default_factory=DataConfig)

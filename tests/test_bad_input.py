@@ -442,18 +442,21 @@ def _snapshot(folder: Path) -> dict[str, Any]:
     A store is compared by its content, not its bytes: opening one switches it to WAL journaling,
     which rewrites the file header and nothing else.
     """
-    files = {}
+    files, stores = {}, []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.endswith(("-wal", "-shm", "-journal")):
             continue
+        content = p.read_bytes()
         if p.suffix == ".db":
-            with contextlib.closing(sqlite3.connect(p)) as conn:
-                content = "\n".join(conn.iterdump()).encode()
-        else:
-            content = p.read_bytes()
+            try:
+                with contextlib.closing(sqlite3.connect(p)) as conn:
+                    content = "\n".join(conn.iterdump()).encode()
+                stores.append(p)
+            except sqlite3.DatabaseError:  # not a database: compare its bytes
+                pass
         files[str(p.relative_to(folder))] = hashlib.sha256(content).hexdigest()
     studies = {}
-    for db in sorted(folder.rglob("*.db")):
+    for db in stores:
         url = f"sqlite:///{db}"
         for summary in optuna.get_all_study_summaries(url):
             study = optuna.load_study(study_name=summary.study_name, storage=url)

@@ -165,8 +165,8 @@ def check_input_size(name: str, size: int) -> None:
     on the meta device: nothing is allocated.
     """
     try:
-        with torch.device("meta"):
-            probe = create_timm(name, "teacher.name", img_size=size, pretrained=False)
+        with torch.device("meta"), torch.no_grad():
+            probe = create_timm(name, "teacher.name", img_size=size, pretrained=False).eval()
             probe.forward_head(probe.forward_features(torch.empty(1, 3, size, size)), pre_logits=True)
     except ModelError:
         raise

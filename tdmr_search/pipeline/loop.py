@@ -53,9 +53,9 @@ class Runtime:
     device: torch.device
 
     @classmethod
-    def create(cls, device: str) -> Runtime:
+    def create(cls, device: str, compile: bool = False) -> Runtime:
         """Runtime for a ``device`` setting; turns on cudnn autotuning on CUDA."""
-        runtime = cls(resolve_device(device))
+        runtime = cls(resolve_device(device), compile=compile)
         if runtime.cuda:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -78,6 +78,14 @@ class Runtime:
         if self.cuda:
             return x.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device)
+
+    compile: bool = False
+
+    def compiled(self, module: nn.Module, method: str = "forward") -> nn.Module:
+        """Compile ``module.method`` in place when asked (parameters and state-dict keys unchanged)."""
+        if self.compile:
+            setattr(module, method, torch.compile(getattr(module, method)))
+        return module
 
     def module(self, module: nn.Module) -> nn.Module:
         """Move a module to the device (channels-last on CUDA)."""

@@ -107,7 +107,9 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
     start = time.perf_counter()
     rcfg = config.reprogram
     seed_everything(config.seed)
-    teacher = teacher or build_teacher(config.teacher)
+    if teacher is None:
+        teacher = build_teacher(config.teacher)
+        runtime.compiled(teacher.model, "forward_features")
     transform = build_transform(rcfg.transform, teacher.input_size, teacher.mean, teacher.std, pad=rcfg.pad)
     model = ReprogrammedTeacher(
         transform, teacher, build_projector(rcfg.projector, teacher.feature_dim, rcfg.proxy_dim),
@@ -180,6 +182,7 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
     dcfg = config.distill
     distiller = ProgressiveDistiller(student, dcfg.feature_loss)
     runtime.module(student)
+    runtime.compiled(student.backbone)
     x, y = runtime.put(data.train.images), runtime.put(data.train.labels)
     y_val = runtime.put(data.val.labels)
     z_t = None if z_t is None else runtime.put(z_t)
@@ -259,7 +262,7 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
         data: Already loaded target data (loaded from ``config.data`` when None).
         teacher_side: A stage-1 outcome to reuse instead of running stage 1 (TDMR only).
     """
-    runtime = Runtime.create(config.device)
+    runtime = Runtime.create(config.device, config.compile)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     data = data or load_data(config.data, config.seed)

@@ -52,7 +52,7 @@ def _check_writable(out: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise TdmrError(f"Cannot write to the output folder {str(out)!r}: {err.strerror}") from None
+        raise TdmrError(f"Cannot write to the output folder {str(out)!r}: {err.strerror}; choose a writable --out folder") from None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-
 from conftest import SMOKE_SPACE, TINY_CONFIG, run_cli
 
 Setup = Callable[[Path], None]
@@ -307,9 +306,7 @@ CASES = [
          ("Teacher 'test_vit' cannot run at teacher.input_size=20", "multiple of its patch size"),
          config({"teacher.input_size": 20})),
     Case("student-resolution-not-multiple-of-patch", train(), ("student.resolution", "20"),
-         config({"student.name": "test_vit", "student.resolution": 20}),
-         marks=(pytest.mark.xfail(strict=True, reason="pipeline/run.py deployed_cost -> models/flops.student_cost "
-                                  "lets timm's AssertionError out (a traceback)"),)),
+         config({"student.name": "test_vit", "student.resolution": 20})),
     Case("student-over-the-config-cap", train(), ("costs 1.21M FLOPs, over the cap max_flops=1k", "choose a smaller student"),
          config({"max_flops": "1k"})),
     Case("device-cuda-without-gpu", train("--device", "cuda"), ("no CUDA GPU is visible", "accepted here: auto, cpu"), config(),
@@ -365,6 +362,9 @@ CASES = [
          space(lambda r: r["base"].update(method="kd"))),
     Case("space-base-max-flops", ("validate", "space.yaml"), ("base.max_flops: set the FLOPs cap as the top-level max_flops",),
          space(lambda r: r["base"].update(max_flops="2M"))),
+    Case("space-teacher-input-size-not-multiple-of-patch", ("validate", "space.yaml"),
+         ("Teacher 'test_vit' cannot run at teacher.input_size=20", "multiple of its patch size"),
+         space(lambda r: r["base"]["teacher"].update(input_size=20))),
     Case("space-no-student-can-be-built", ("validate", "space.yaml"),
          ("No student candidate can be built (e.g. test_vit@20:", "accepted: students.names / students.resolutions"),
          space(_top(students={"names": ["test_vit"], "resolutions": [20]}))),
@@ -398,9 +398,7 @@ CASES = [
     Case("store-not-a-database", ("status", "--study", "x"), ("Cannot open the study store 'sqlite:///studies/x.db'",
                                                               "file is not a database"), junk("studies/x.db")),
     Case("artifacts-folder-is-a-file", run("--artifacts", "afile"), ("Cannot write", "afile", "--artifacts"),
-         both(space(), a_file("afile")),
-         marks=(pytest.mark.xfail(strict=True, reason="search/study.py _run_here: store_dir.mkdir is unguarded "
-                                  "(FileExistsError traceback) and runs after the study was created in the store"),)),
+         both(space(), a_file("afile"))),
     Case("status-database-down", ("status", "--study", "s", "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test"),
          ("Cannot open the study store",)),
     Case("resume-with-other-objectives", run("--two-objective", study="smoke", space_file=str(SMOKE_SPACE), budget="4"),
@@ -532,6 +530,6 @@ def test_real_processes_print_one_error_line(case_folder):
     cases = {c.id: c for c in CASES}
     folders = {name: case_folder(cases[name]) for name in REAL}
     with ThreadPoolExecutor(len(REAL)) as pool:
-        procs = dict(zip(REAL, pool.map(lambda n: run_cli(*cases[n].args, cwd=folders[n], check=False), REAL)))
+        procs = dict(zip(REAL, pool.map(lambda n: run_cli(*cases[n].args, cwd=folders[n], check=False), REAL), strict=True))
     for name, proc in procs.items():
         check_error_output(proc.returncode, proc.stdout, proc.stderr, cases[name].expect)

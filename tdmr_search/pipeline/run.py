@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tdmr_search import __version__
 from tdmr_search.config import PipelineConfig, dump_config, format_flops, load_config
 from tdmr_search.data import ImageSplit, TargetData, load_data
-from tdmr_search.errors import BudgetError, ModelError
+from tdmr_search.errors import BudgetError, ModelError, TdmrError
 from tdmr_search.models.flops import count_flops, student_cost
 from tdmr_search.models.heads import build_classifier, build_projector
 from tdmr_search.models.students import DeployedStudent, build_student
@@ -74,7 +74,16 @@ def _noop(step: int, metrics: dict) -> None:
 
 def deployed_cost(config: PipelineConfig, in_chans: int, image_size: int, num_classes: int) -> tuple[float, int]:
     """FLOPs and parameters of the deployed student of ``config``; raises when over the cap."""
-    flops, params = student_cost(config.student, in_chans, image_size, config.reprogram.proxy_dim, num_classes)
+    try:
+        flops, params = student_cost(config.student, in_chans, image_size, config.reprogram.proxy_dim, num_classes)
+    except TdmrError:
+        raise
+    except Exception as err:  # e.g. a ViT whose patch size does not divide the resolution
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(
+            f"Student {config.student.name!r} cannot run at student.resolution={config.student.resolution} ({reason}); "
+            "accepted: a resolution the architecture supports (ViTs: a multiple of their patch size)"
+        ) from None
     cap = config.max_flops_value
     if cap is not None and flops > cap and config.method != "probe":
         raise BudgetError(

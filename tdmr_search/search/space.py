@@ -348,6 +348,10 @@ def describe_feasible(path: str | Path) -> str:
     for name in space.student_names:
         check_model_name(name, "students.names")
     check_model_name(space.base.teacher.name, "base.teacher.name")
+    if space.base.teacher.input_size is not None:
+        from tdmr_search.models.teachers import check_input_size
+
+        check_input_size(space.base.teacher.name, space.base.teacher.input_size)
     data = load_data(space.base.data, space.base.seed)
     fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
     lines = [

@@ -28,6 +28,7 @@ from tdmr_search import __version__
 from tdmr_search.config import format_flops
 from tdmr_search.data import load_data
 from tdmr_search.errors import ConfigError, StudyError, TdmrError, TrialFailed
+from tdmr_search.registry import closest
 from tdmr_search.search.objective import KEEP_WEIGHTS, Objective
 from tdmr_search.search.secrets import redact
 from tdmr_search.search.space import SearchSpace, feasible_students, load_space, require_feasible
@@ -68,25 +69,34 @@ def _sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
+def check_sqlite_writable(url: str) -> None:
+    """Raise :class:`StudyError` when a SQLite store's file or folder cannot be written."""
+    path = _sqlite_path(url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise PermissionError("not writable")
+    except OSError as err:
+        raise StudyError(
+            f"Cannot write the study store {str(path)!r} ({getattr(err, 'strerror', None) or err}); "
+            "choose a writable --storage sqlite:///PATH or a database URL"
+        ) from None
+
+
+def open_storage(url: str, heartbeat: bool = True, wal: bool = False) -> RDBStorage:
     """Open (creating when needed) the study store at ``url``.
 
-    SQLite gets a long busy timeout and WAL journaling so a few local workers can share it.
+    SQLite gets a long busy timeout, and with ``wal`` (what ``run`` asks for) WAL journaling so a
+    few local workers can share it; read-only commands leave the file as it is.
     """
     engine_kwargs: dict[str, Any] = {}
     path = _sqlite_path(url)
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-                raise PermissionError("not writable")
-        except OSError as err:
-            raise StudyError(
-                f"Cannot write the study store {str(path)!r} ({getattr(err, 'strerror', None) or err}); "
-                "choose a writable --storage sqlite:///PATH or a database URL"
-            ) from None
+        check_sqlite_writable(url)
     elif url.startswith(("postgresql", "mysql", "mariadb")):
         engine_kwargs["pool_pre_ping"] = True
     kw: dict[str, Any] = {}
@@ -107,7 +117,7 @@ def open_storage(url: str, heartbeat: bool = True) -> RDBStorage:
     except Exception as err:  # sqlalchemy errors: bad URL, server down, auth
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise StudyError(f"Cannot open the study store {redact(url)!r}: {redact(first)[:300]}") from None
-    if path is not None:
+    if path is not None and wal:
         with storage.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
@@ -170,7 +180,7 @@ def make_sampler(name: str, seed: int, two_objective: bool) -> optuna.samplers.B
         return optuna.samplers.GPSampler(seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
+    raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}{_did_you_mean(name, SAMPLERS)}")
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -183,7 +193,12 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}")
+    raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}{_did_you_mean(name, PRUNERS)}")
+
+
+def _did_you_mean(name: str, names: tuple[str, ...]) -> str:
+    hint = closest(name, names)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
 def _fmt_seconds(s: float) -> str:
@@ -297,7 +312,9 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
     make_sampler(sampler, seed, two_objective)
     make_pruner(pruner, space.base.distill.epochs)
     url = storage or default_storage(study_name)
-    gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
+    gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus is not None else []
+    if gpus is not None and (not gpu_ids or not all(g.isdigit() for g in gpu_ids)):
+        raise ConfigError(f"--gpus must be comma-separated GPU numbers such as 0,1; got {gpus!r}")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {workers}")
     if gpu_ids:
@@ -319,15 +336,19 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
               baselines: bool, teacher_cache: bool, max_trials_this_process: int | None = None) -> str:
     from optuna.artifacts import FileSystemArtifactStore
 
+    from tdmr_search.models.teachers import check_input_size
     from tdmr_search.models.timm_utils import check_model_name
 
     for name in space.student_names:
         check_model_name(name, "students.names")
     check_model_name(space.base.teacher.name, "base.teacher.name")
+    check_input_size(space.base.teacher.name, space.base.teacher.input_size)
     data = load_data(space.base.data, space.base.seed)
     fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
     require_feasible(space, fit, over)
-    rdb = open_storage(url)
+    check_sqlite_writable(url)
+    store_dir = _make_artifact_dir(artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts))
+    rdb = open_storage(url, wal=True)
     directions = ["maximize", "minimize"] if two_objective else ["maximize"]
     try:
         study = optuna.create_study(
@@ -345,8 +366,6 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
         warnings.simplefilter("ignore", ExperimentalWarning)
         study.set_metric_names(["val_acc", "flops"] if two_objective else ["val_acc"])
     _study_attrs(study, space, fit, over, two_objective)
-    store_dir = artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts)
-    store_dir.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(str(store_dir))
     cache = None
     if teacher_cache:
@@ -371,6 +390,19 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
     if baselines and not two_objective:
         _baselines(study, space, data)
     return summary(study, url, store_dir)
+
+
+def _make_artifact_dir(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as err:
+        raise StudyError(
+            f"Cannot write the artifact store folder {str(folder)!r} ({getattr(err, 'strerror', None) or err}); "
+            "choose a writable --artifacts folder"
+        ) from None
+    return folder
 
 
 def _count_finished(study: optuna.Study) -> int:
@@ -505,7 +537,7 @@ def _run_workers(space_path: str, study_name: str, url: str, budget: str, sample
     """
     n_trials, timeout = parse_budget(budget)
     deadline = None if timeout is None else time.monotonic() + timeout
-    rdb = open_storage(url, heartbeat=False)  # fail early with a clear message, and create the schema once
+    rdb = open_storage(url, heartbeat=False, wal=True)  # fail early, clearly; create the schema once
     _interrupt_on_sigterm()
     shares: list[int | None] = [None] * workers
     if n_trials is not None and not isolate:

@@ -48,6 +48,7 @@ def run_study(space: str, pruner: str, n_trials: int, seed: int, folder: Path) -
         trials.append({
             "number": t.number, "state": t.state.name, "params": t.params,
             "stage2_epochs": len(t.intermediate_values),
+            "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
             "last_val_acc": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
             "val_acc": t.user_attrs.get("val_acc"), "test_acc": t.user_attrs.get("test_acc"),
             "teacher_cached": t.user_attrs.get("teacher_cached"), "seconds": t.user_attrs.get("seconds"),

@@ -125,6 +125,33 @@ def print_summary(summary: dict[str, Any], shots_list: list[int], methods: list[
                           "tdmr val final/max %", "scratch val final/max %", "kd val final/max %"]))
 
 
+def report(path: str) -> None:
+    import json
+
+    saved = json.loads(open(path).read())
+    runs = saved["runs"]
+    shots_list = [s for s in saved["shots"] if any(r["shots"] == s for r in runs)]
+    methods = [m for m in saved["methods"] if any(r["method"] == m for r in runs)]
+    print(f"{saved['command']}  ({saved['date']}, {'complete' if saved.get('complete') else 'cut short'}: "
+          f"{len(runs)} runs)")
+    print_summary(summarise(runs, shots_list, methods), shots_list, methods)
+    print(saved["test_note"])
+    _verdicts(summarise(runs, shots_list, methods), shots_list)
+
+
+def _verdicts(summary: dict[str, Any], shots_list: list[int]) -> None:
+    for shots in shots_list:
+        for other in ("scratch", "kd"):
+            d = summary["tdmr_minus"].get(f"{shots}/{other}")
+            if d:
+                se = d["std"] / d["n"] ** 0.5 if d["n"] > 1 else float("inf")
+                word = ("beats" if d["mean"] > 2 * se else "is worse than" if d["mean"] < -2 * se
+                        else "shows no clear difference from")
+                print(f"{shots:>3} shots: TDMR {word} {other}: {100 * d['mean']:+.1f} +- {100 * d['std']:.1f} points "
+                      f"(std of the per-seed differences; standard error {100 * se:.1f}), ahead in {d['wins']}/{d['n']} "
+                      "seeds; 'beats' needs the mean above 2 standard errors")
+
+
 def main() -> None:
     p = parser("transfer", __doc__.splitlines()[0])
     p.add_argument("--shots", default=None, help="labels per class, comma-separated (default 10,50,100; --quick: 10)")
@@ -137,8 +164,12 @@ def main() -> None:
     p.add_argument("--stage1-epochs", type=int, default=5, help="stage-1 epochs (also the kd/probe linear probe's)")
     p.add_argument("--stage2-epochs", type=int, default=20, help="stage-2 epochs (every method's student)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--report", metavar="JSON", help="print the tables of an earlier (possibly cut-short) run and exit")
     args = p.parse_args()
     setup(args)
+    if args.report:
+        report(args.report)
+        return
     shots_list = _ints(args.shots or ("10" if args.quick else "10,50,100"))
     seeds = _ints(args.seeds or ("0" if args.quick else "0,1,2"))
     methods = _methods(args.methods)
@@ -190,13 +221,7 @@ def main() -> None:
     print_summary(summary, shots_list, methods)
     print()
     print(test_note)
-    for shots in shots_list:
-        for other in ("scratch", "kd"):
-            d = summary["tdmr_minus"].get(f"{shots}/{other}")
-            if d:
-                beats = d["mean"] > 0
-                print(f"{shots:>3} shots: TDMR {'beats' if beats else 'does NOT beat'} {other} "
-                      f"({100 * d['mean']:+.1f} +- {100 * d['std']:.1f} points, {d['wins']}/{d['n']} seeds)")
+    _verdicts(summary, shots_list)
     print(f"wrote {write_json(args.out, {**head, 'complete': True, 'runs': runs, 'summary': summary})}")
 
 

@@ -61,6 +61,7 @@ def _worker(folder: str, barrier, out) -> None:
     from tdmr_search.config import config_from_dict
     from tdmr_search.data import load_data
 
+    torch.set_num_threads(1)  # two processes on two cores
     config = config_from_dict(TINY_CONFIG)
     data = load_data(config.data, config.seed)
     barrier.wait()

@@ -29,21 +29,12 @@ def _env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), TDMR_HEARTBEAT_SECONDS="1", TDMR_GRACE_SECONDS="4", **extra)
 
 
-def _slow_space(tmp_path: Path, epochs: int = 12) -> Path:
-    """The smoke space with longer stage 2, so a trial is surely running when we strike."""
-    space = yaml.safe_load(SMOKE_SPACE.read_text())
-    space["base"]["distill"]["epochs"] = epochs
-    path = tmp_path / "slow.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
-
-
-def _fast_space(tmp_path: Path) -> Path:
+def _fast_space(tmp_path: Path, epochs: int = 4) -> Path:
     """The smoke space cut to one student and a few epochs: trials of about a second."""
     space = yaml.safe_load(SMOKE_SPACE.read_text())
     space["students"] = {"names": ["test_vit"], "resolutions": [16]}
     space["base"]["reprogram"]["epochs"] = 1
-    space["base"]["distill"]["epochs"] = 4
+    space["base"]["distill"]["epochs"] = epochs
     path = tmp_path / "fast.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
@@ -75,7 +66,7 @@ def _integrity(folder: Path, study: str) -> None:
 
 
 def test_kill_9_mid_trial_then_finish_with_nothing_lost(tmp_path):
-    space = _slow_space(tmp_path)
+    space = _fast_space(tmp_path, epochs=40)
     url = f"sqlite:///{tmp_path}/studies/k.db"
     run_cli("run", "--study", "k", "--space", str(space), "--budget", "1", "--no-baselines", cwd=tmp_path)
     proc = _start(["run", "--study", "k", "--space", str(space), "--budget", "3", "--no-baselines"], tmp_path)
@@ -97,7 +88,7 @@ def test_kill_9_mid_trial_then_finish_with_nothing_lost(tmp_path):
 
 
 def test_sigterm_closes_the_trial_as_interrupted_and_run_resumes(tmp_path):
-    space = _slow_space(tmp_path)
+    space = _fast_space(tmp_path, epochs=40)
     url = f"sqlite:///{tmp_path}/studies/t.db"
     proc = _start(["run", "--study", "t", "--space", str(space), "--budget", "2", "--no-baselines"], tmp_path)
     _wait_for_running(url, "t", proc)

@@ -570,6 +570,8 @@ def _run_workers(space_path: str, study_name: str, url: str, budget: str, sample
         e = dict(os.environ)
         if gpu_ids:
             e["CUDA_VISIBLE_DEVICES"] = gpu_ids[worker % len(gpu_ids)]
+        # share the CPU cores between the workers: oversubscribed OpenMP threads spin and crawl
+        e.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         return e
 
     procs: dict[int, subprocess.Popen] = {

@@ -129,7 +129,11 @@ class Objective:
     def _teacher_side(self, config: PipelineConfig, data: TargetData, trial: optuna.Trial) -> Any:
         if self.teacher_cache is None:
             return None
-        return self.teacher_cache.get_or_compute(config, data)
+        side = self.teacher_cache.get_or_compute(config, data)
+        # recorded now, so a trial pruned during stage 2 still says where its teacher side came from
+        trial.set_user_attr("teacher_cached", bool(side.cache_hit))
+        trial.set_user_attr("seconds", {"stage1": 0.0 if side.cache_hit else round(side.seconds, 3)})
+        return side
 
     def _callback(self, trial: optuna.Trial):  # noqa: ANN202
         curve: list[float] = []

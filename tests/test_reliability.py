@@ -75,7 +75,9 @@ def test_kill_9_mid_trial_then_finish_with_nothing_lost(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(5)  # past the grace period: the heartbeat has gone stale
-    run_cli("run", "--study", "k", "--space", str(space), "--budget", "3", "--no-baselines", cwd=tmp_path)
+    again = _start(["run", "--study", "k", "--space", str(space), "--budget", "3", "--no-baselines"], tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
     study = optuna.load_study(study_name="k", storage=url)
     states = [t.state for t in study.trials]
     assert states[0] == TrialState.COMPLETE  # the trial finished before the kill stays

@@ -7,10 +7,8 @@ Each handler parses, calls one library function, prints and returns an exit code
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from tdmr_search import __version__
@@ -181,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def main(argv: list[str] | None = None) -> int:

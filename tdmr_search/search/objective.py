@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
@@ -174,7 +173,3 @@ class Objective:
                                           mimetype="application/octet-stream")
         trial.set_user_attr("weights_artifact_id", artifact_id)
 
-
-def trial_summary(trial: optuna.trial.FrozenTrial) -> str:
-    """One line describing a finished trial."""
-    return json.dumps({"number": trial.number, "state": trial.state.name, "values": trial.values})

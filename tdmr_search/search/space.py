@@ -369,8 +369,5 @@ def describe_feasible(path: str | Path) -> str:
         lines.append(f"{len(over)} over the cap or not buildable (never trained):")
         lines += [f"  {c.key:<36} " + (f"cannot be built: {c.error}" if c.error else f"{format_flops(c.flops):>8} FLOPs")
                   for c in sorted(over, key=lambda c: c.flops)]
-    try:
-        require_feasible(space, fit, over)
-    except TdmrError:
-        raise
+    require_feasible(space, fit, over)
     return "\n".join(lines)

@@ -108,7 +108,7 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="tdmr-search", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tdmr-search", description="Search Task-Driven Model Reprogramming pipelines with Optuna under a FLOPs budget.")
     parser.add_argument("--version", action="version", version=f"tdmr-search {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")

@@ -268,6 +268,10 @@ class DistillConfig(_Section):
     """Weight decay of stage 2."""
     batch_size: int = 64
     """Batch size of stage 2."""
+    bn_recalibrate: bool = True
+    """Re-estimate the student's batch-norm statistics on the train images before every
+    validation, and so in the deployed model. With few optimiser steps per epoch the running
+    statistics lag far behind the weights and evaluation sits near chance for many epochs."""
 
     def problems(self) -> list[str]:
         p: list[str] = []

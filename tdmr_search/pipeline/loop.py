@@ -21,7 +21,7 @@ from tdmr_search.errors import ConfigError, TrialFailed
 
 __all__ = [
     "EpochCallback", "Runtime", "resolve_device", "seed_everything", "batches",
-    "cosine_schedule", "check_finite", "accuracy",
+    "cosine_schedule", "check_finite", "accuracy", "recalibrate_batchnorm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,3 +123,38 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of correct top-1 predictions."""
     return float((logits.argmax(dim=1) == labels).float().mean().item()) if len(labels) else float("nan")
+
+
+_BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = 256) -> bool:
+    """Recompute every batch-norm layer's running mean and variance over ``images``.
+
+    The statistics are reset and then averaged exactly (momentum None) over one pass in batches
+    of ``batch_size``; only the batch-norm layers are in training mode for that pass (dropout and
+    drop-path stay off). The model is left in eval mode. Returns False when the model has no
+    batch-norm layer (nothing to do).
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
+    if not norms or not len(images):
+        return False
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            if len(chunk) == 1 and start:  # a trailing single image adds little and BN rejects a lone sample in some layers
+                break
+            with runtime.autocast():
+                model(runtime.put(chunk) if chunk.device != runtime.device else chunk)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+    return True

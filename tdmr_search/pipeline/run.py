@@ -27,7 +27,7 @@ from tdmr_search.models.teachers import FrozenTeacher, build_teacher
 from tdmr_search.models.timm_utils import create_timm
 from tdmr_search.models.transforms import build_transform
 from tdmr_search.pipeline.loop import (
-    EpochCallback, Runtime, accuracy, batches, check_finite, cosine_schedule, seed_everything,
+    EpochCallback, Runtime, accuracy, batches, check_finite, cosine_schedule, recalibrate_batchnorm, seed_everything,
 )
 from tdmr_search.pipeline.stages import Phase, ProgressiveDistiller, ReprogrammedTeacher, plan_phases
 
@@ -222,6 +222,8 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
                 for k in sums:
                     sums[k] += float(out[k].detach()) * len(idx)
                 count += len(idx)
+            if dcfg.bn_recalibrate:
+                recalibrate_batchnorm(student, x, runtime, EVAL_BATCH)
             student.eval()
             val_acc = accuracy(_predict(student, data.val.images, runtime), y_val)
             metrics = {"stage": stage, "epoch": step, "phase": phase.index + 1, "val_acc": val_acc,

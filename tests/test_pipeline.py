@@ -13,7 +13,7 @@ from tdmr_search.config import TeacherConfig, config_from_dict, load_config
 from tdmr_search.errors import BudgetError
 from tdmr_search.models.students import build_student
 from tdmr_search.models.teachers import build_teacher
-from tdmr_search.pipeline.loop import Runtime, accuracy
+from tdmr_search.pipeline.loop import Runtime, accuracy, recalibrate_batchnorm
 from tdmr_search.pipeline.run import distill_student, reprogram_teacher, run_pipeline
 from tdmr_search.pipeline.stages import kd_loss, plan_phases
 
@@ -133,6 +133,56 @@ def test_kd_loss():
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     assert float(loss) > 0
     assert float(kd_loss(other + 3.0, logits, 2.0)) == pytest.approx(float(loss), rel=1e-5)  # shift-invariant
+
+
+# ----------------------------------------------------------------------------- batch-norm statistics
+
+
+def _batchnorms(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_recalibrate_batchnorm_computes_the_exact_statistics(tiny_config, digits_data):
+    torch.manual_seed(0)
+    student = build_student(tiny_config.student, digits_data.channels, 32, digits_data.num_classes)
+    first = _batchnorms(student)[0]
+    seen = []
+    first.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
+    images = digits_data.train.images[:96]
+    runtime = Runtime.create("cpu")
+    assert recalibrate_batchnorm(student, images, runtime, batch_size=32)  # three equal batches
+    assert not student.training and not first.training
+    assert all(m.momentum == 0.1 for m in _batchnorms(student))  # momentum restored
+    x = torch.cat(seen)  # the first norm's inputs over the whole pass
+    assert torch.allclose(first.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first.running_var, x.var(dim=(0, 2, 3), unbiased=True), rtol=1e-2, atol=1e-5)
+    mean, var = first.running_mean.clone(), first.running_var.clone()
+    recalibrate_batchnorm(student, images, runtime, batch_size=96)  # one batch: the same statistics
+    assert torch.allclose(first.running_mean, mean, atol=1e-5)
+    assert torch.allclose(first.running_var, var, rtol=1e-2, atol=1e-5)  # a mean of batch variances
+    vit = build_teacher(TeacherConfig(name="test_vit", weights="random", input_size=32)).model
+    assert not recalibrate_batchnorm(vit, torch.zeros(2, 3, 32, 32), runtime)  # no batch norm: nothing to do
+
+
+@pytest.mark.parametrize("method", ["tdmr", "scratch", "kd"])
+def test_deployed_student_carries_statistics_of_the_train_images(method, method_runs, digits_data):
+    """The last validation (and so the exported model) used statistics re-estimated on the train images."""
+    model = method_runs[method][0].model
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert before
+    recalibrate_batchnorm(model, digits_data.train.images, Runtime.create("cpu"))
+    for key, value in model.state_dict().items():
+        if "running_mean" in key or "running_var" in key:
+            assert torch.allclose(value, before[key], rtol=1e-4, atol=1e-5), key
+
+
+def test_batchnorm_recalibration_can_be_turned_off(fast_config, digits_data):
+    on = run_pipeline(fast_config.replace({"method": "scratch"}), data=digits_data)
+    off = run_pipeline(fast_config.replace({"method": "scratch", "distill.bn_recalibrate": False}), data=digits_data)
+    keys = [k for k in on.model.state_dict() if "running_mean" in k]
+    assert any(not torch.allclose(on.model.state_dict()[k], off.model.state_dict()[k]) for k in keys)
+    weights = [k for k in on.model.state_dict() if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(on.model.state_dict()[k], off.model.state_dict()[k]) for k in weights)  # training unchanged
 
 
 # ----------------------------------------------------------------------------- methods

@@ -121,6 +121,8 @@ def test_pruner_prunes_a_trial(tmp_path):
     assert t.state == optuna.trial.TrialState.PRUNED
     assert list(t.intermediate_values) == [0]
     assert t.user_attrs["pruned_at_epoch"] == 0
+    seconds = t.user_attrs["seconds"]  # a pruned trial still tells where its time went
+    assert seconds["stage2"] > 0 and seconds["stage1"] >= 0
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):

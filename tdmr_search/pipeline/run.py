@@ -161,7 +161,7 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
         else:
             val_logits = _predict(lambda x: model(x)["logits"], data.val.images, runtime)
         metrics = {"stage": "reprogram", "epoch": epoch, "loss": total / max(count, 1),
-                   "teacher_val_acc": accuracy(val_logits, y_val)}
+                   "teacher_val_acc": accuracy(val_logits, y_val), "seconds": time.perf_counter() - start}
         history.append(metrics)
         logger.info("stage 1 epoch %d/%d  loss %.4f  teacher val acc %.4f", epoch + 1, rcfg.epochs,
                     metrics["loss"], metrics["teacher_val_acc"])
@@ -187,7 +187,12 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
 def distill_student(student: DeployedStudent, phases: list[Phase], config: PipelineConfig, data: TargetData,
                     runtime: Runtime, z_t: torch.Tensor | None, t_logits: torch.Tensor | None,
                     on_epoch_end: EpochCallback = _noop, stage: str = "distill") -> list[dict[str, Any]]:
-    """Train ``student`` through ``phases`` on the train split, evaluating on val after every epoch."""
+    """Train ``student`` through ``phases`` on the train split, evaluating on val after every epoch.
+
+    Returns one metrics dict per epoch (also passed to ``on_epoch_end``): stage, epoch, phase,
+    val_acc, temperature, the mean losses, and ``seconds`` since stage 2 began.
+    """
+    start = time.perf_counter()
     dcfg = config.distill
     distiller = ProgressiveDistiller(student, dcfg.feature_loss)
     runtime.module(student)
@@ -227,7 +232,8 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
             student.eval()
             val_acc = accuracy(_predict(student, data.val.images, runtime), y_val)
             metrics = {"stage": stage, "epoch": step, "phase": phase.index + 1, "val_acc": val_acc,
-                       "temperature": phase.temperature, **{k: v / max(count, 1) for k, v in sums.items()}}
+                       "temperature": phase.temperature, **{k: v / max(count, 1) for k, v in sums.items()},
+                       "seconds": time.perf_counter() - start}
             history.append(metrics)
             logger.info("%s epoch %d/%d (phase %d)  loss %.4f  val acc %.4f", stage, step + 1, total_epochs,
                         phase.index + 1, metrics["loss"], val_acc)

@@ -137,7 +137,11 @@ class Objective:
     def _callback(self, trial: optuna.Trial):  # noqa: ANN202
         curve: list[float] = []
 
+        stage1: dict[str, float] = {}
+
         def on_epoch_end(step: int, metrics: dict) -> None:
+            if metrics.get("stage") == "reprogram":  # stage 1 ran here (no cache)
+                stage1["stage1"] = round(metrics["seconds"], 3)
             if metrics.get("stage") != "distill":
                 return
             curve.append(float(metrics["val_acc"]))
@@ -147,6 +151,8 @@ class Objective:
             trial.report(float(metrics["val_acc"]), step)
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", step)
+                seconds = {**stage1, **(trial.user_attrs.get("seconds") or {}), "stage2": round(metrics["seconds"], 3)}
+                trial.set_user_attr("seconds", seconds)
                 raise optuna.TrialPruned(f"pruned after stage-2 epoch {step + 1} at val_acc {metrics['val_acc']:.4f}")
 
         return on_epoch_end

@@ -149,10 +149,12 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, runtime: Runti
     try:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            if len(chunk) == 1 and start:  # a trailing single image adds little and BN rejects a lone sample in some layers
+            if len(chunk) == 1 and start:  # a trailing lone image: 1-d batch norm cannot train on it
                 break
+            if chunk.device.type != runtime.device.type:  # already on the GPU: used as it is
+                chunk = runtime.put(chunk)
             with runtime.autocast():
-                model(runtime.put(chunk) if chunk.device != runtime.device else chunk)
+                model(chunk)
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum

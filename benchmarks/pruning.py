@@ -77,7 +77,7 @@ def rank_correlations(trials: list[dict[str, Any]], steps: list[int]) -> dict[in
     out: dict[int, float | None] = {}
     for step in steps:
         pairs = [(c[step], c[-1]) for c in full if len(c) > step]
-        rho = spearmanr(*zip(*pairs)).correlation if len(pairs) > 2 else float("nan")
+        rho = spearmanr(*zip(*pairs, strict=True)).correlation if len(pairs) > 2 else float("nan")
         out[step] = None if rho != rho else float(rho)
     return out
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
-
 from conftest import ROOT, SMOKE_SPACE, run_cli
+from optuna.trial import TrialState
 
 DATABASES = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",

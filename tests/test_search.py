@@ -14,7 +14,6 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from conftest import SMOKE_SPACE, run_cli
 
 STUDY = "smoke"
@@ -128,8 +127,8 @@ def test_pruner_prunes_a_trial(tmp_path):
 def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     space = yaml.safe_load(SMOKE_SPACE.read_text())
     # a real teacher weights file of the wrong architecture: every trial fails in stage 1
-    import torch
     import timm
+    import torch
 
     wrong = tmp_path / "resnet.pth"
     torch.save(timm.create_model("test_resnet").state_dict(), wrong)

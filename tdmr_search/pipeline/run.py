@@ -27,7 +27,14 @@ from tdmr_search.models.teachers import FrozenTeacher, build_teacher
 from tdmr_search.models.timm_utils import create_timm
 from tdmr_search.models.transforms import build_transform
 from tdmr_search.pipeline.loop import (
-    EpochCallback, Runtime, accuracy, batches, check_finite, cosine_schedule, recalibrate_batchnorm, seed_everything,
+    EpochCallback,
+    Runtime,
+    accuracy,
+    batches,
+    check_finite,
+    cosine_schedule,
+    recalibrate_batchnorm,
+    seed_everything,
 )
 from tdmr_search.pipeline.stages import Phase, ProgressiveDistiller, ReprogrammedTeacher, plan_phases
 

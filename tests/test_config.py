@@ -39,7 +39,7 @@ NON_DEFAULT = PipelineConfig(
                               weight_decay=0.01, batch_size=8),
     student=StudentConfig(name="test_resnet", resolution=24, projector="mlp", pretrained=True),
     distill=DistillConfig(n_stages=4, temperature=2.5, temperature_schedule="anneal", feature_loss="cosine",
-                          epochs=9, lr=2.5e-4, weight_decay=0.0, batch_size=16),
+                          epochs=9, lr=2.5e-4, weight_decay=0.0, batch_size=16, bn_recalibrate=False),
 )
 
 

@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--student", default="mobilenetv3_small_100@64")
     p.add_argument("--max-flops", default="20M")
     p.add_argument("--teacher-size", type=int, default=112)
+    p.add_argument("--transform", default="pad", help="TDMR's stage-1 input transform (default pad, with pad 16)")
     p.add_argument("--stage1-epochs", type=int, default=5)
     p.add_argument("--stage2-epochs", type=int, default=20)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

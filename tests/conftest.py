@@ -61,7 +61,8 @@ def smoke_study(tmp_path_factory) -> Path:
     Tests must not change it: copy it first (``copy_study``) to write to it.
     """
     folder = tmp_path_factory.mktemp("smoke-study")
-    run_cli("run", "--study", "smoke", "--space", str(SMOKE_SPACE), "--budget", "3", cwd=folder)
+    proc = run_cli("run", "--study", "smoke", "--space", str(SMOKE_SPACE), "--budget", "3", cwd=folder)
+    (folder / "run.log").write_text(proc.stderr)  # what the user saw on stderr (the log)
     return folder
 
 

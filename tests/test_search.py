@@ -52,6 +52,18 @@ def test_store_reads_with_plain_optuna(smoke_study):
     assert attrs["baselines"][attrs["baselines_for_best"]]["scratch"]["test_acc"] >= 0
 
 
+def test_small_validation_split_is_flagged_before_pruning(smoke_study):
+    from tdmr_search.search.study import small_validation_note
+
+    log = (smoke_study / "run.log").read_text()
+    assert "the validation split has 50 images (one image = 2.0 accuracy points)" in log  # digits: 5 per class
+    assert small_validation_note(50, "hyperband") is not None
+    assert small_validation_note(99, "median") is not None
+    assert small_validation_note(100, "hyperband") is None  # one image is at most a point
+    assert small_validation_note(50, "none") is None  # nothing is pruned
+    assert small_validation_note(50, "hyperband", two_objective=True) is None  # Optuna does not prune these
+
+
 def test_status_table(smoke_study):
     out = run_cli("status", "--study", STUDY, cwd=smoke_study).stdout
     assert "FLOPs cap 2M" in out and out.count("\n") >= 4

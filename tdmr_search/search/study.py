@@ -196,6 +196,15 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}{_did_you_mean(name, PRUNERS)}")
 
 
+def small_validation_note(n_val: int, pruner: str, two_objective: bool = False) -> str | None:
+    """A warning when pruning would decide on a validation split where one image is over a point."""
+    if pruner == "none" or two_objective or n_val >= 100:
+        return None
+    return (f"the validation split has {n_val} images (one image = {100 / max(n_val, 1):.1f} accuracy points): "
+            f"early-epoch accuracies barely rank trials, so the {pruner} pruner may stop slow starters that "
+            "would have won; more labelled images, or --pruner none, make the search safer (README: Performance)")
+
+
 def _did_you_mean(name: str, names: tuple[str, ...]) -> str:
     hint = closest(name, names)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -346,6 +355,9 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
     data = load_data(space.base.data, space.base.seed)
     fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
     require_feasible(space, fit, over)
+    note = small_validation_note(len(data.val), pruner, two_objective)
+    if note:
+        logger.warning(note)
     check_sqlite_writable(url)
     store_dir = _make_artifact_dir(artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts))
     rdb = open_storage(url, wal=True)

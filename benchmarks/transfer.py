@@ -48,6 +48,17 @@ def _methods(text: str) -> list[str]:
     return out
 
 
+def add_settings(p: Any) -> None:
+    """The flags of the fixed pipeline settings (``base_config`` reads them); shared with transfer_ablation.py."""
+    p.add_argument("--student", default="mobilenetv3_small_100@64", help="name@resolution, under --max-flops")
+    p.add_argument("--max-flops", default="20M")
+    p.add_argument("--teacher-size", type=int, default=112, help="teacher input side (EfficientNet-Lite0 is 224 native)")
+    p.add_argument("--transform", default="pad", help="TDMR's stage-1 input transform (default pad, with pad 16)")
+    p.add_argument("--stage1-epochs", type=int, default=5, help="stage-1 epochs (also the kd/probe linear probe's)")
+    p.add_argument("--stage2-epochs", type=int, default=20, help="stage-2 epochs (every method's student)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
 def base_config(args: Any, device: str) -> Any:
     from tdmr_search.config import PipelineConfig
 
@@ -162,13 +173,7 @@ def main() -> None:
     p.add_argument("--seeds", default=None, help="seeds, comma-separated (default 0,1,2; --quick: 0)")
     p.add_argument("--methods", default=",".join(METHOD_ORDER))
     p.add_argument("--test-limit", type=int, default=None, help="stratified test subset (default: all 10,000)")
-    p.add_argument("--student", default="mobilenetv3_small_100@64", help="name@resolution, under --max-flops")
-    p.add_argument("--max-flops", default="20M")
-    p.add_argument("--teacher-size", type=int, default=112, help="teacher input side (EfficientNet-Lite0 is 224 native)")
-    p.add_argument("--transform", default="pad", help="TDMR's stage-1 input transform (default pad, with pad 16)")
-    p.add_argument("--stage1-epochs", type=int, default=5, help="stage-1 epochs (also the kd/probe linear probe's)")
-    p.add_argument("--stage2-epochs", type=int, default=20, help="stage-2 epochs (every method's student)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_settings(p)
     p.add_argument("--report", metavar="JSON", help="print the tables of an earlier (possibly cut-short) run and exit")
     args = p.parse_args()
     setup(args)

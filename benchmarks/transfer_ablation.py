@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from _common import mean_std, parser, setup, stamp, table, write_json
-from transfer import _ints, base_config
+from transfer import _ints, add_settings, base_config
 
 VARIANTS = ("tdmr", "tdmr_kd", "kd")
 
@@ -53,21 +53,18 @@ def main() -> None:
     p.add_argument("--shots", default="10,50")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--test-limit", type=int, default=2000)
-    p.add_argument("--student", default="mobilenetv3_small_100@64")
-    p.add_argument("--max-flops", default="20M")
-    p.add_argument("--teacher-size", type=int, default=112)
-    p.add_argument("--transform", default="pad", help="TDMR's stage-1 input transform (default pad, with pad 16)")
-    p.add_argument("--stage1-epochs", type=int, default=5)
-    p.add_argument("--stage2-epochs", type=int, default=20)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_settings(p)
     args = p.parse_args()
     setup(args)
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
     from tdmr_search.data import load_data
     from tdmr_search.pipeline.loop import Runtime
     from tdmr_search.pipeline.run import reprogram_teacher, run_pipeline
 
-    base = base_config(args, args.device)
+    base = base_config(args, device)
     shots_list, seeds = _ints(args.shots), _ints(args.seeds)
     runs: list[dict[str, Any]] = []
     for seed in seeds:

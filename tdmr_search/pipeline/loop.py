@@ -125,9 +125,6 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean().item()) if len(labels) else float("nan")
 
 
-_BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
-
-
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = 256) -> bool:
     """Recompute every batch-norm layer's running mean and variance over ``images``.
@@ -137,7 +134,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, runtime: Runti
     drop-path stay off). The model is left in eval mode. Returns False when the model has no
     batch-norm layer (nothing to do).
     """
-    norms = [m for m in model.modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or not len(images):
         return False
     momenta = [m.momentum for m in norms]

@@ -136,7 +136,6 @@ class Objective:
 
     def _callback(self, trial: optuna.Trial):  # noqa: ANN202
         curve: list[float] = []
-
         stage1: dict[str, float] = {}
 
         def on_epoch_end(step: int, metrics: dict) -> None:

@@ -19,6 +19,7 @@ import yaml
 
 from tdmr_search.errors import ConfigError
 from tdmr_search.registry import closest
+from tdmr_search.yamlio import load_yaml
 
 __all__ = [
     "DataConfig",
@@ -44,7 +45,7 @@ METHODS = ("tdmr", "scratch", "kd", "probe")
 TRANSFORMS = ("resize", "additive", "pad", "scale_pad", "conv")
 #: Projectors into the proxy space (the registry in ``models.heads`` must match).
 PROJECTORS = ("linear", "mlp")
-FEATURE_LOSSES = ("mse", "cosine")
+FEATURE_LOSSES = ("mse", "cosine", "cka")
 TEMPERATURE_SCHEDULES = ("constant", "anneal")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -144,7 +145,14 @@ class DataConfig(_Section):
     test_limit: int | None = None
     """Evaluate on at most this many test images (stratified); None uses the whole test split."""
     augment_views: int = 0
-    """Augmented views (random crop and flip) added per train image, fixed and seeded so the teacher side stays cacheable; 0: none."""
+    """Augmented views (random crop and flip) added per train and pool image, fixed and seeded so the teacher side stays cacheable; 0: none."""
+    unlabeled: int = 0
+    """Unlabelled pool: this many train-split images that are neither labelled nor validation images
+    (seeded; for imagefolder:PATH the images under PATH/unlabeled/ when present), distilled on
+    without their labels; 0: none."""
+    mixup: int = 0
+    """Fixed, seeded mixup images (pairs of train and pool images, mixing weight uniform in [0, 1])
+    added to the distillation inputs; 0: none."""
 
     def problems(self) -> list[str]:
         p: list[str] = []
@@ -158,6 +166,8 @@ class DataConfig(_Section):
         _check_range(p, "data.image_size", self.image_size, 4, 1024)
         _check_range(p, "data.test_limit", self.test_limit, 1)
         _check_range(p, "data.augment_views", self.augment_views, 0, 64)
+        _check_range(p, "data.unlabeled", self.unlabeled, 0, 10_000_000)
+        _check_range(p, "data.mixup", self.mixup, 0, 10_000_000)
         return p
 
 
@@ -259,15 +269,18 @@ class DistillConfig(_Section):
     temperature_schedule: str = "constant"
     """'constant', or 'anneal' linearly towards 1 across phases."""
     feature_loss: str = "mse"
-    """Distance between student and teacher proxy features: mse or cosine."""
+    """Distance between student and teacher proxy features: mse, cosine or cka (1 - linear CKA over the batch)."""
     epochs: int = 30
-    """Epochs of stage 2 (split across the phases)."""
+    """Epochs of stage 2 (split across the phases): passes over the train images, or over the
+    unlabelled inputs (pool, its views and mixup images) when there are any."""
     lr: float = 3e-3
     """Learning rate of stage 2 (AdamW, cosine decay)."""
     weight_decay: float = 5e-4
     """Weight decay of stage 2."""
     batch_size: int = 64
-    """Batch size of stage 2."""
+    """Batch size of stage 2 (unlabelled rows per step when there is a pool)."""
+    labelled_batch: int | None = None
+    """With unlabelled inputs: labelled rows added to every step's batch (None: a quarter of batch_size)."""
     bn_recalibrate: bool = True
     """Re-estimate the student's batch-norm statistics on the train images before every
     validation, and so in the deployed model. With few optimiser steps per epoch the running
@@ -283,6 +296,7 @@ class DistillConfig(_Section):
         _check_range(p, "distill.lr", self.lr, 0.0, 10.0, low_open=True)
         _check_range(p, "distill.weight_decay", self.weight_decay, 0.0)
         _check_range(p, "distill.batch_size", self.batch_size, 1)
+        _check_range(p, "distill.labelled_batch", self.labelled_batch, 1)
         if isinstance(self.n_stages, int) and isinstance(self.epochs, int) and self.epochs < self.n_stages:
             p.append(
                 f"distill.epochs must be at least distill.n_stages ({self.n_stages}) so every phase "
@@ -485,7 +499,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         except OSError as err:
             raise ConfigError(f"Cannot read the config file {str(path)!r}: {err.strerror}") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text, f"The config file {str(path)!r}")  # size and alias limits
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

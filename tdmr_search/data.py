@@ -8,6 +8,7 @@ split and is never used for selection.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import os
@@ -26,6 +27,7 @@ from tdmr_search.registry import Registry, closest
 
 __all__ = [
     "ImageSplit", "TargetData", "RawDataset", "DATASETS", "load_data", "select_labelled", "dataset_names", "add_views",
+    "augmented_views", "mixup_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,11 @@ class ImageSplit:
 
 @dataclass
 class TargetData:
-    """The three splits of a target task and what describes them."""
+    """The three splits of a target task, the unlabelled distillation inputs, and what describes them.
+
+    ``unlabeled`` holds images only (no labels exist for them here): the pool, its augmented
+    views and the mixup images, in that order; ``pool_size`` counts the pool images alone.
+    """
 
     name: str
     train: ImageSplit
@@ -74,6 +80,12 @@ class TargetData:
     test: ImageSplit
     num_classes: int
     class_names: list[str]
+    unlabeled: torch.Tensor | None = None
+    pool_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.unlabeled is None:
+            self.unlabeled = self.train.images.new_zeros((0, *self.train.images.shape[1:]))
 
     @property
     def channels(self) -> int:
@@ -90,7 +102,12 @@ class TargetData:
         return {
             "dataset": self.name, "train": len(self.train), "val": len(self.val),
             "test": len(self.test), "classes": self.num_classes, "image_size": self.image_size,
+            "pool": self.pool_size, "unlabeled": len(self.unlabeled),
         }
+
+    def without_unlabeled(self) -> TargetData:
+        """The same labelled splits with no pool (what a labels-only method sees)."""
+        return dataclasses.replace(self, unlabeled=None, pool_size=0)
 
 
 @dataclass
@@ -106,6 +123,9 @@ class RawDataset:
     train_images: object
     test_images: object
     class_names: list[str]
+    unlabeled_images: object = None
+    """A separate source of unlabelled images (a callable of indices), when the dataset has one."""
+    unlabeled_count: int = 0
 
 
 DATASETS: Registry[RawDataset] = Registry("dataset")
@@ -269,7 +289,31 @@ def _imagefolder(path: str, image_size: int | None) -> RawDataset:
             "class folders in both"
         )
     size = image_size or MIXED_SIZE_DEFAULT
-    return RawDataset(_targets(train), _targets(test), _pil_loader(train, size), _pil_loader(test, size), list(train.classes))
+    raw = RawDataset(_targets(train), _targets(test), _pil_loader(train, size), _pil_loader(test, size),
+                     list(train.classes))
+    if (root / "unlabeled").is_dir():
+        files = _UnlabeledFiles(root / "unlabeled")
+        raw.unlabeled_images, raw.unlabeled_count = _pil_loader(files, size), len(files)
+    return raw
+
+
+class _UnlabeledFiles:
+    """Every image file under a folder, any layout (sorted paths), as a dataset of (image, -1)."""
+
+    def __init__(self, folder: Path) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        self.samples = [(str(p), -1) for p in sorted(folder.rglob("*"))
+                        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[object, int]:
+        from PIL import Image
+
+        with Image.open(self.samples[i][0]) as image:
+            return image.copy(), -1  # copy() loads the pixels; the file closes here
 
 
 def _raw(cfg: DataConfig) -> RawDataset:
@@ -340,18 +384,20 @@ def _take(images: object, idx: np.ndarray, size: int | None) -> torch.Tensor:
     return _to_tensor(np.asarray(images)[idx], size)
 
 
-def add_views(split: ImageSplit, views: int, seed: int) -> ImageSplit:
-    """The split followed by ``views`` augmented copies of each image (seeded random crop and flip).
+def augmented_views(images: torch.Tensor, views: int, seed: int) -> torch.Tensor:
+    """``views`` augmented copies of each image (seeded random crop and flip), view after view.
 
     The views are fixed for a seed, so everything computed from them (the teacher side) can be
-    cached; an epoch passes over the originals and every view.
+    cached.
     """
     gen = torch.Generator().manual_seed(seed + 7919)
-    x = split.images
+    x = images
     n, _, h, w = x.shape
+    if not views or not n:
+        return x.new_zeros((0, *x.shape[1:]))
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect" if pad < h else "replicate")
-    out = [x]
+    out = []
     for _ in range(views):
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
@@ -359,7 +405,51 @@ def add_views(split: ImageSplit, views: int, seed: int) -> ImageSplit:
         view = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
         view[flip] = view[flip].flip(-1)
         out.append(view)
-    return ImageSplit(torch.cat(out), split.labels.repeat(views + 1))
+    return torch.cat(out)
+
+
+def add_views(split: ImageSplit, views: int, seed: int) -> ImageSplit:
+    """The split followed by ``views`` augmented copies of each image (an epoch passes over all)."""
+    extra = augmented_views(split.images, views, seed)
+    return ImageSplit(torch.cat([split.images, extra]), split.labels.repeat(views + 1))
+
+
+def mixup_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` fixed mixup images: seeded pairs of ``images`` mixed with a weight uniform in [0, 1]."""
+    if not n or len(images) < 2:
+        return images.new_zeros((0, *images.shape[1:]))
+    gen = torch.Generator().manual_seed(seed + 104729)
+    a = torch.randint(0, len(images), (n,), generator=gen)
+    b = (a + torch.randint(1, len(images), (n,), generator=gen)) % len(images)  # never an image with itself
+    lam = torch.rand(n, generator=gen).view(n, 1, 1, 1)
+    return lam * images[a] + (1.0 - lam) * images[b]
+
+
+def _pool_indices(n_train: int, cfg: DataConfig, n_classes: int, seed: int) -> np.ndarray:
+    """The pool's indices in the train split, drawn (seeded) before the labelled images and
+    without reading a label, so that no choice depends on the pool's labels."""
+    if not cfg.unlabeled:
+        return np.zeros(0, dtype=np.int64)
+    labelled = cfg.shots * n_classes if cfg.shots is not None else (
+        int(round((cfg.fraction or 1.0) * n_train)))
+    left = n_train - labelled
+    if cfg.unlabeled > left:
+        raise DataError(
+            f"data.unlabeled={cfg.unlabeled} asks for more images than the train split has left beside the "
+            f"{labelled} labelled and validation images ({max(left, 0)} left); accepted: at most {max(left, 0)}"
+        )
+    rng = np.random.default_rng(seed + 1_000_003)
+    return np.sort(rng.choice(n_train, size=cfg.unlabeled, replace=False))
+
+
+def _unlabeled_from_folder(raw: RawDataset, cfg: DataConfig, seed: int) -> torch.Tensor:
+    if cfg.unlabeled > raw.unlabeled_count:
+        raise DataError(
+            f"data.unlabeled={cfg.unlabeled} asks for more images than the unlabeled/ folder of {cfg.dataset!r} "
+            f"holds ({raw.unlabeled_count}); accepted: at most {raw.unlabeled_count}"
+        )
+    idx = np.sort(np.random.default_rng(seed + 1_000_003).choice(raw.unlabeled_count, cfg.unlabeled, replace=False))
+    return _take(raw.unlabeled_images, idx, cfg.image_size or MIXED_SIZE_DEFAULT)
 
 
 def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
@@ -377,7 +467,14 @@ def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
     classes = np.unique(train_y)
     if len(classes) < 2:
         raise DataError(f"The dataset {cfg.dataset!r} has {len(classes)} class; classification needs at least 2")
-    chosen = select_labelled(train_y, cfg.shots, cfg.fraction, seed)
+    # the pool comes first, by index only; the labelled images are drawn from the rest
+    pool_idx = np.zeros(0, dtype=np.int64) if raw.unlabeled_images is not None else \
+        _pool_indices(len(train_y), cfg, len(classes), seed)
+    rest = np.setdiff1d(np.arange(len(train_y)), pool_idx) if len(pool_idx) else np.arange(len(train_y))
+    fraction = cfg.fraction  # of the whole train split
+    if fraction is not None and len(pool_idx):
+        fraction = min(1.0, fraction * len(train_y) / len(rest))
+    chosen = rest[select_labelled(train_y[rest], cfg.shots, fraction, seed)]
     chosen_y = train_y[chosen]
     n_val = int(round(cfg.val_fraction * len(chosen)))
     if n_val < len(classes) or len(chosen) - n_val < len(classes):
@@ -401,9 +498,20 @@ def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
     train = ImageSplit(_take(raw.train_images, train_idx, size), torch.from_numpy(train_y[train_idx]))
     val = ImageSplit(_take(raw.train_images, val_idx, size), torch.from_numpy(train_y[val_idx]))
     test = ImageSplit(_take(raw.test_images, test_idx, size), torch.from_numpy(test_y[test_idx]))
+    if raw.unlabeled_images is not None and cfg.unlabeled:
+        pool = _unlabeled_from_folder(raw, cfg, seed)
+    else:  # images only: the pool's labels are never taken
+        pool = _take(raw.train_images, pool_idx, size) if len(pool_idx) else None
+    pool_views = augmented_views(pool, cfg.augment_views, seed + 1) if pool is not None else None
     if cfg.augment_views:
         train = add_views(train, cfg.augment_views, seed)
+    unlabeled = [t for t in (pool, pool_views) if t is not None and len(t)]
+    if cfg.mixup:
+        source = torch.cat([train.images, *unlabeled])
+        unlabeled.append(mixup_images(source, cfg.mixup, seed))
     num_classes = max(int(train_y.max()), int(test_y.max())) + 1
-    data = TargetData(cfg.dataset, train, val, test, num_classes, list(raw.class_names))
+    data = TargetData(cfg.dataset, train, val, test, num_classes, list(raw.class_names),
+                      unlabeled=torch.cat(unlabeled) if unlabeled else None,
+                      pool_size=0 if pool is None else len(pool))
     logger.info("data: %s", data.summary())
     return data

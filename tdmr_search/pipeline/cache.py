@@ -1,9 +1,15 @@
-"""A persistent on-disk cache of stage-1 outcomes, shared by every trial and worker of a study.
+"""A persistent on-disk cache of the teacher side, shared by every trial and worker of a study.
 
-An entry holds what stage 2 needs from the teacher side (:class:`TeacherSide`): the trained
-transform, projector and proxy classifier, and the proxy features and logits of the train and
-validation images. Its key is a joblib hash of exactly what determines it: the teacher (name,
-weights identity), the stage-1 settings, the data selection, the seed and the device type.
+Two kinds of entry:
+
+- a *stage-1 outcome* (:class:`TeacherSide`): the trained transform, projector and proxy
+  classifier, and the proxy features and logits of the train, validation and unlabelled images;
+  keyed by the teacher (name, weights identity), the stage-1 settings, the data selection, the
+  seed and the device type;
+- the frozen teacher's *features* of one split behind the static ``resize`` front end, keyed by
+  the same minus the stage-1 settings: every proxy size and projector of a ``resize`` trial, and
+  the ``kd`` and ``probe`` baselines, reuse one teacher pass over the pool.
+
 Entries are written atomically under a file lock, so two workers needing the same entry compute
 it once; an entry whose checksum or contents do not match is recomputed, never trusted.
 """
@@ -14,10 +20,12 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import joblib
+import torch
 
 from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
@@ -28,20 +36,29 @@ __all__ = ["TeacherCache", "cache_key"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
+
+
+def _teacher_and_data(config: PipelineConfig) -> dict:
+    raw = config.to_dict()
+    return {
+        "format": FORMAT,
+        "teacher": raw["teacher"],
+        "teacher_identity": teacher_identity(config.teacher),
+        "data": raw["data"],
+        "seed": config.seed,
+        "device": resolve_device(config.device).type,
+    }
 
 
 def cache_key(config: PipelineConfig) -> str:
     """The key of the stage-1 outcome of ``config``: what determines it, hashed with joblib."""
-    return joblib.hash({
-        "format": FORMAT,
-        "teacher": config.to_dict()["teacher"],
-        "teacher_identity": teacher_identity(config.teacher),
-        "reprogram": {**config.to_dict()["reprogram"]},
-        "data": config.to_dict()["data"],
-        "seed": config.seed,
-        "device": resolve_device(config.device).type,
-    })
+    return joblib.hash({**_teacher_and_data(config), "reprogram": config.to_dict()["reprogram"]})
+
+
+def feature_key(config: PipelineConfig, split: str) -> str:
+    """The key of the teacher's ``resize`` features of one split of ``config``'s data."""
+    return joblib.hash({**_teacher_and_data(config), "front_end": "resize", "split": split})
 
 
 def _sha256(path: Path) -> str:
@@ -64,6 +81,8 @@ class TeacherCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
+        self.feature_hits = 0
+        self.feature_misses = 0
 
     @classmethod
     def beside(cls, folder: str | Path) -> TeacherCache:
@@ -82,8 +101,9 @@ class TeacherCache:
             if _sha256(entry) != digest.read_text().strip():
                 raise ValueError("checksum mismatch")
             side = joblib.load(entry)
+            n_unl = 0 if side.z_unlabeled is None else len(side.z_unlabeled)
             if (len(side.z_train) != len(data.train) or len(side.z_val) != len(data.val)
-                    or len(side.logits_train) != len(data.train)):
+                    or len(side.logits_train) != len(data.train) or n_unl != len(data.unlabeled)):
                 raise ValueError("entry does not match the data")
         except Exception as err:  # corrupt, truncated, or from another format: recompute
             logger.warning("teacher cache entry %s is unusable (%s); recomputing", key[:12], err)
@@ -106,28 +126,67 @@ class TeacherCache:
                 side = self.load(key, data)
                 if side is not None:
                     self.hits += 1
-                    side.cache_hit = True  # type: ignore[attr-defined]
+                    side.cache_hit = True
                     logger.info("teacher cache hit %s", key[:12])
                     return side
                 self.misses += 1
                 if compute is None:
                     from tdmr_search.pipeline.loop import Runtime
-                    from tdmr_search.pipeline.run import reprogram_teacher
+                    from tdmr_search.pipeline.run import reprogram_teacher, teacher_features
 
-                    side = reprogram_teacher(config, data, Runtime.create(config.device))
+                    runtime = Runtime.create(config.device)
+                    side = reprogram_teacher(config, data, runtime, features=teacher_features(config, runtime, self))
                 else:
                     side = compute()
-                side.cache_hit = False  # type: ignore[attr-defined]
-                tmp = entry.with_suffix(f".tmp{os.getpid()}")
-                joblib.dump(side, tmp)
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-                digest.write_text(_sha256(tmp))
-                os.replace(tmp, entry)
+                side.cache_hit = False
+                self._store(entry, digest, side)
                 logger.info("teacher cache stored %s (%.1fs of stage 1)", key[:12], getattr(side, "seconds", 0.0))
                 return side
             finally:
                 fcntl.flock(lock_fh, fcntl.LOCK_UN)
+
+    def features(self, config: PipelineConfig, split: str, n: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The teacher's ``resize`` features of ``split`` (``n`` images), computed and stored on a miss."""
+        key = feature_key(config, split)
+        entry, digest, lock = self._paths(key)
+        with open(lock, "a+") as lock_fh:
+            fcntl.flock(lock_fh, fcntl.LOCK_EX)
+            try:
+                if entry.exists() and digest.exists():
+                    try:
+                        if _sha256(entry) != digest.read_text().strip():
+                            raise ValueError("checksum mismatch")
+                        feats = joblib.load(entry)
+                        if not isinstance(feats, torch.Tensor) or len(feats) != n:
+                            raise ValueError("entry does not match the data")
+                        self.feature_hits += 1
+                        return feats
+                    except Exception as err:  # corrupt or stale: recompute
+                        logger.warning("teacher feature entry %s is unusable (%s); recomputing", key[:12], err)
+                        for p in (entry, digest):
+                            p.unlink(missing_ok=True)
+                self.feature_misses += 1
+                t0 = time.perf_counter()
+                feats = compute()
+                seconds = time.perf_counter() - t0
+                self._store(entry, digest, feats)
+                logger.info("teacher features of %d %s images: %.1fs (%.0f images/s), cached as %s", n, split,
+                            seconds, n / max(seconds, 1e-9), key[:12])
+                return feats
+            finally:
+                fcntl.flock(lock_fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _store(entry: Path, digest: Path, value: object) -> None:
+        tmp = entry.with_suffix(f".tmp{os.getpid()}")
+        try:
+            joblib.dump(value, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            digest.write_text(_sha256(tmp))
+            os.replace(tmp, entry)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Delete every entry."""

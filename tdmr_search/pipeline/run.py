@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from tdmr_search import __version__
 from tdmr_search.config import PipelineConfig, dump_config, format_flops, load_config
-from tdmr_search.data import ImageSplit, TargetData, load_data
+from tdmr_search.data import TargetData, load_data
 from tdmr_search.errors import BudgetError, ModelError, TdmrError
 from tdmr_search.models.flops import count_flops, student_cost
 from tdmr_search.models.heads import build_classifier, build_projector
@@ -46,13 +47,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
+#: Batch-norm re-estimation passes over the train images and at most this many images in all.
+BN_IMAGES = 4096
 
 
 @dataclass
 class TeacherSide:
-    """What stage 1 leaves for stage 2: proxy features and logits of train and val images.
+    """What stage 1 leaves for stage 2: proxy features and logits of the train, val and unlabelled images.
 
-    ``state`` holds the trained transform, projector and proxy classifier weights.
+    ``state`` holds the trained transform, projector and proxy classifier weights; ``cache_hit``
+    says whether this outcome was read from the teacher cache rather than computed now.
     """
 
     z_train: torch.Tensor
@@ -63,6 +67,14 @@ class TeacherSide:
     state: dict[str, dict[str, torch.Tensor]]
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    z_unlabeled: torch.Tensor | None = None
+    logits_unlabeled: torch.Tensor | None = None
+    cache_hit: bool = False
+
+
+#: ``features(split, images)``: the frozen teacher's pooled features of ``images`` behind the
+#: static ``resize`` front end; ``split`` ('train', 'val', 'unlabeled', 'test') names them for a cache.
+FeatureSource = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -117,44 +129,83 @@ def _train_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.
     return out
 
 
+def teacher_features(config: PipelineConfig, runtime: Runtime, cache: Any = None,
+                     teacher: FrozenTeacher | None = None) -> FeatureSource:
+    """A :data:`FeatureSource` for ``config``'s teacher: computed here, or read through ``cache``.
+
+    The teacher is built on first use only, so a cache that holds every split costs no model.
+    """
+    built: list[FrozenTeacher] = [] if teacher is None else [teacher]
+
+    def compute(images: torch.Tensor) -> torch.Tensor:
+        if not built:
+            built.append(runtime.module(build_teacher(config.teacher)))
+            runtime.compiled(built[0].model, "forward_features")
+        return _probe_features(built[0], images, runtime).cpu()
+
+    def features(split: str, images: torch.Tensor) -> torch.Tensor:
+        if cache is None:
+            return compute(images)
+        return cache.features(config, split, len(images), lambda: compute(images))
+
+    return features
+
+
 def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime,
-                      on_epoch_end: EpochCallback = _noop, teacher: FrozenTeacher | None = None) -> TeacherSide:
-    """Stage 1: train T, P_T and H in front of and behind the frozen teacher with cross-entropy."""
+                      on_epoch_end: EpochCallback = _noop, teacher: FrozenTeacher | None = None,
+                      features: FeatureSource | None = None) -> TeacherSide:
+    """Stage 1: train T, P_T and H in front of and behind the frozen teacher with cross-entropy.
+
+    With the static ``resize`` front end the teacher's features of every image are computed once
+    (or read from ``features``, e.g. a cache shared by every proxy size and projector) and stage 1
+    trains on them; a trainable transform passes every image, the unlabelled ones included,
+    through the teacher itself.
+    """
     start = time.perf_counter()
     rcfg = config.reprogram
     seed_everything(config.seed)
-    if teacher is None:
+    static = rcfg.transform == "resize"
+    if teacher is None and not (static and features is not None):
         teacher = build_teacher(config.teacher)
         runtime.compiled(teacher.model, "forward_features")
-    transform = build_transform(rcfg.transform, teacher.input_size, teacher.mean, teacher.std, pad=rcfg.pad)
-    model = ReprogrammedTeacher(
-        transform, teacher, build_projector(rcfg.projector, teacher.feature_dim, rcfg.proxy_dim),
-        build_classifier(rcfg.proxy_dim, data.num_classes),
-    )
+    if static:
+        features = features or teacher_features(config, runtime, teacher=runtime.module(teacher))
+        f_train = runtime.put(features("train", data.train.images))
+        f_val = runtime.put(features("val", data.val.images))
+        f_unl = runtime.put(features("unlabeled", data.unlabeled)) if len(data.unlabeled) else None
+        feature_dim, input_size, mean, std = f_train.shape[1], None, None, None
+    else:
+        feature_dim, input_size, mean, std = teacher.feature_dim, teacher.input_size, teacher.mean, teacher.std
+    if static:
+        seed_everything(config.seed)  # the heads' initialisation must not depend on whether a teacher was built
+        model: nn.Module = _HeadOnly(build_projector(rcfg.projector, feature_dim, rcfg.proxy_dim),
+                                     build_classifier(rcfg.proxy_dim, data.num_classes))
+    else:
+        transform = build_transform(rcfg.transform, input_size, mean, std, pad=rcfg.pad)
+        model = ReprogrammedTeacher(
+            transform, teacher, build_projector(rcfg.projector, feature_dim, rcfg.proxy_dim),
+            build_classifier(rcfg.proxy_dim, data.num_classes),
+        )
     model = runtime.module(model)
-    static = not any(p.requires_grad for p in model.transform.parameters())
-    x_train, y_train = runtime.put(data.train.images), runtime.put(data.train.labels)
+    x_train, y_train = (f_train if static else runtime.put(data.train.images)), runtime.put(data.train.labels)
     y_val = runtime.put(data.val.labels)
-    if static:  # T has no parameters: F(T(x)) is computed once and stage 1 trains on features
-        f_train = _predict(model.features, data.train.images, runtime)
-        f_val = _predict(model.features, data.val.images, runtime)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=rcfg.lr, weight_decay=rcfg.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     steps = rcfg.epochs * len(_train_batches(len(data.train), rcfg.batch_size, torch.Generator().manual_seed(0)))
     scheduler = cosine_schedule(optimizer, steps)
     history = []
+
+    def outputs(inputs: torch.Tensor) -> torch.Tensor:
+        return _predict(lambda x: torch.cat(list(model.forward(x).values()), 1), inputs, runtime)
+
     for epoch in range(rcfg.epochs):
         model.train()
         total, count = 0.0, 0
         for idx in _train_batches(len(data.train), rcfg.batch_size, gen):
             idx = idx.to(runtime.device)
             with runtime.autocast():
-                if static:
-                    logits = model.head(f_train[idx])["logits"]
-                    loss = F.cross_entropy(logits.float(), y_train[idx])
-                else:
-                    loss = model(x_train[idx], y_train[idx])["loss"]
+                loss = model(x_train[idx], y_train[idx])["loss"]
             check_finite(loss, "stage-1 cross-entropy")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -163,10 +214,7 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         model.eval()
-        if static:
-            val_logits = _predict(lambda f: model.head(f)["logits"], f_val, runtime)
-        else:
-            val_logits = _predict(lambda x: model(x)["logits"], data.val.images, runtime)
+        val_logits = _predict(lambda x: model(x)["logits"], f_val if static else data.val.images, runtime)
         metrics = {"stage": "reprogram", "epoch": epoch, "loss": total / max(count, 1),
                    "teacher_val_acc": accuracy(val_logits, y_val), "seconds": time.perf_counter() - start}
         history.append(metrics)
@@ -174,12 +222,11 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
                     metrics["loss"], metrics["teacher_val_acc"])
         on_epoch_end(epoch, metrics)
     model.eval()
-    if static:
-        train_out = _predict(lambda f: torch.cat(list(model.head(f).values()), 1), f_train, runtime)
-        val_out = _predict(lambda f: torch.cat(list(model.head(f).values()), 1), f_val, runtime)
-    else:
-        train_out = _predict(lambda x: torch.cat(list(model(x).values()), 1), data.train.images, runtime)
-        val_out = _predict(lambda x: torch.cat(list(model(x).values()), 1), data.val.images, runtime)
+    train_out = outputs(x_train)
+    val_out = outputs(f_val if static else data.val.images)
+    unl_out = None
+    if len(data.unlabeled):
+        unl_out = outputs(f_unl if static else data.unlabeled)  # one teacher pass over the pool per setting
     d = rcfg.proxy_dim
     state = {name: {k: v.detach().cpu() for k, v in getattr(model, name).state_dict().items()}
              for name in ("transform", "projector", "classifier")}
@@ -188,13 +235,38 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
         z_train=train_out[:, :d].cpu(), logits_train=train_out[:, d:].cpu(),
         z_val=val_out[:, :d].cpu(), logits_val=val_out[:, d:].cpu(), val_acc=val_acc,
         state=state, seconds=time.perf_counter() - start, history=history,
+        z_unlabeled=None if unl_out is None else unl_out[:, :d].cpu(),
+        logits_unlabeled=None if unl_out is None else unl_out[:, d:].cpu(),
     )
+
+
+class _HeadOnly(nn.Module):
+    """Stage 1 behind the static front end: P_T and H trained on the teacher's cached features."""
+
+    def __init__(self, projector: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.transform = nn.Identity()  # resize has no parameters; its state is empty
+        self.projector = projector
+        self.classifier = classifier
+
+    def forward(self, feats: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        z = self.projector(feats)
+        out = {"z": z, "logits": self.classifier(z)}
+        if y is not None:
+            out["loss"] = F.cross_entropy(out["logits"].float(), y)
+        return out
 
 
 def distill_student(student: DeployedStudent, phases: list[Phase], config: PipelineConfig, data: TargetData,
                     runtime: Runtime, z_t: torch.Tensor | None, t_logits: torch.Tensor | None,
-                    on_epoch_end: EpochCallback = _noop, stage: str = "distill") -> list[dict[str, Any]]:
-    """Train ``student`` through ``phases`` on the train split, evaluating on val after every epoch.
+                    on_epoch_end: EpochCallback = _noop, stage: str = "distill",
+                    z_u: torch.Tensor | None = None, logits_u: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Train ``student`` through ``phases``, evaluating on val after every epoch.
+
+    Without unlabelled inputs an epoch is one pass over the train split. With them (``data.unlabeled``
+    and their teacher targets ``z_u`` / ``logits_u``), an epoch is one pass over the unlabelled
+    inputs: every step takes ``batch_size`` of them plus ``labelled_batch`` train images (cycled),
+    the feature and prediction losses cover every row and cross-entropy the labelled rows only.
 
     Returns one metrics dict per epoch (also passed to ``on_epoch_end``): stage, epoch, phase,
     val_acc, temperature, the mean losses, and ``seconds`` since stage 2 began.
@@ -208,24 +280,44 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
     y_val = runtime.put(data.val.labels)
     z_t = None if z_t is None else runtime.put(z_t)
     t_logits = None if t_logits is None else runtime.put(t_logits)
+    pooled = len(data.unlabeled) > 0 and (z_u is not None or logits_u is not None)
+    if pooled:
+        xu = runtime.put(data.unlabeled)
+        z_u = None if z_u is None else runtime.put(z_u)
+        logits_u = None if logits_u is None else runtime.put(logits_u)
+        n_lab = min(dcfg.labelled_batch or max(1, dcfg.batch_size // 4), len(data.train))
+        labelled = _Cycle(len(data.train), torch.Generator().manual_seed(config.seed + 2))
+        bn_images = torch.cat([x, xu[: max(0, BN_IMAGES - len(x))]])
+    else:
+        bn_images = x
     optimizer = torch.optim.AdamW(student.parameters(), lr=dcfg.lr, weight_decay=dcfg.weight_decay)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    per_epoch = len(_train_batches(len(data.train), dcfg.batch_size, torch.Generator().manual_seed(0)))
+    n_rows = len(data.unlabeled) if pooled else len(data.train)
+    per_epoch = len(_train_batches(n_rows, dcfg.batch_size, torch.Generator().manual_seed(0)))
     total_epochs = sum(p.epochs for p in phases)
     scheduler = cosine_schedule(optimizer, total_epochs * per_epoch, warmup=min(per_epoch, 10))
     history: list[dict[str, Any]] = []
     step = 0
+
+    def cat(a: torch.Tensor | None, ia: torch.Tensor, b: torch.Tensor | None, ib: torch.Tensor) -> torch.Tensor | None:
+        return None if a is None or b is None else torch.cat([a[ia], b[ib]])
+
     for phase in phases:
         student.classifier.requires_grad_(phase.train_classifier)
         for _ in range(phase.epochs):
             student.train()
             sums = {"loss": 0.0, "feat": 0.0, "kd": 0.0, "ce": 0.0}
             count = 0
-            for idx in _train_batches(len(data.train), dcfg.batch_size, gen):
+            for idx in _train_batches(n_rows, dcfg.batch_size, gen):
                 idx = idx.to(runtime.device)
                 with runtime.autocast():
-                    out = distiller(x[idx], y[idx], None if z_t is None else z_t[idx],
-                                    None if t_logits is None else t_logits[idx], phase)
+                    if pooled:
+                        lab = labelled.take(n_lab).to(runtime.device)
+                        out = distiller(torch.cat([x[lab], xu[idx]]), y[lab], cat(z_t, lab, z_u, idx),
+                                        cat(t_logits, lab, logits_u, idx), phase)
+                    else:
+                        out = distiller(x[idx], y[idx], None if z_t is None else z_t[idx],
+                                        None if t_logits is None else t_logits[idx], phase)
                 check_finite(out["loss"], f"{stage} (phase {phase.index + 1})")
                 optimizer.zero_grad(set_to_none=True)
                 out["loss"].backward()
@@ -235,7 +327,7 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
                     sums[k] += float(out[k].detach()) * len(idx)
                 count += len(idx)
             if dcfg.bn_recalibrate:
-                recalibrate_batchnorm(student, x, runtime, EVAL_BATCH)
+                recalibrate_batchnorm(student, bn_images, runtime, EVAL_BATCH)
             student.eval()
             val_acc = accuracy(_predict(student, data.val.images, runtime), y_val)
             metrics = {"stage": stage, "epoch": step, "phase": phase.index + 1, "val_acc": val_acc,
@@ -250,9 +342,30 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
     return history
 
 
-def _probe_features(teacher: FrozenTeacher, split: ImageSplit, runtime: Runtime) -> torch.Tensor:
+class _Cycle:
+    """Endless seeded batches of indices over ``n`` items: each pass is a fresh permutation."""
+
+    def __init__(self, n: int, gen: torch.Generator) -> None:
+        self.n, self.gen = n, gen
+        self.order = torch.randperm(n, generator=gen)
+        self.pos = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        out = []
+        while k > 0:
+            if self.pos >= self.n:
+                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            part = self.order[self.pos : self.pos + k]
+            out.append(part)
+            self.pos += len(part)
+            k -= len(part)
+        return torch.cat(out)
+
+
+def _probe_features(teacher: FrozenTeacher, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The frozen teacher's pooled features of ``images`` behind the ``resize`` front end."""
     transform = runtime.module(build_transform("resize", teacher.input_size, teacher.mean, teacher.std))
-    return _predict(lambda x: teacher(transform(x)), split.images, runtime)
+    return _predict(lambda x: teacher(transform(x)), images, runtime)
 
 
 def _linear_probe(config: PipelineConfig, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -276,7 +389,7 @@ def _linear_probe(config: PipelineConfig, feats: torch.Tensor, labels: torch.Ten
 
 
 def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, data: TargetData | None = None,
-                 teacher_side: TeacherSide | None = None) -> PipelineResult:
+                 teacher_side: TeacherSide | None = None, cache: Any = None) -> PipelineResult:
     """Run ``config`` end to end and return its metrics and deployed model.
 
     Args:
@@ -285,6 +398,8 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
             ``stage`` is 'reprogram', 'distill' or the baseline's name.
         data: Already loaded target data (loaded from ``config.data`` when None).
         teacher_side: A stage-1 outcome to reuse instead of running stage 1 (TDMR only).
+        cache: A :class:`~tdmr_search.pipeline.cache.TeacherCache`: stage-1 outcomes and the
+            teacher's features (kd, probe, the ``resize`` front end) are read from it or stored in it.
     """
     runtime = Runtime.create(config.device, config.compile)
     seconds: dict[str, float] = {}
@@ -293,15 +408,17 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
     seconds["data"] = time.perf_counter() - t0
     metrics: dict[str, Any] = {"method": config.method, "tdmr_search_version": __version__,
                                "device": str(runtime.device), "data": data.summary()}
+    if config.method == "scratch":  # labels only: the pool is not shown to it
+        data = data.without_unlabeled()
     model: nn.Module | None = None
+    features = teacher_features(config, runtime, cache)
     if config.method == "probe":
         t0 = time.perf_counter()
-        teacher = runtime.module(build_teacher(config.teacher))
-        head = _linear_probe(config, _probe_features(teacher, data.train, runtime), data.train.labels,
-                             data.num_classes, runtime)
-        val_acc = accuracy(head(runtime.put(_probe_features(teacher, data.val, runtime))).cpu(), data.val.labels)
-        test_acc = accuracy(head(runtime.put(_probe_features(teacher, data.test, runtime))).cpu(), data.test.labels)
-        size = teacher.input_size
+        head = _linear_probe(config, features("train", data.train.images), data.train.labels, data.num_classes,
+                             runtime)
+        val_acc = accuracy(head(runtime.put(features("val", data.val.images))).cpu(), data.val.labels)
+        test_acc = accuracy(head(runtime.put(features("test", data.test.images))).cpu(), data.test.labels)
+        size = config.teacher.input_size or build_teacher(config.teacher).input_size
         flops, params = count_flops(  # the teacher with a K-class linear head is the probe
             lambda: create_timm(config.teacher.name, "teacher.name", img_size=config.teacher.input_size,
                                 pretrained=False, num_classes=data.num_classes),
@@ -317,30 +434,31 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
     seed_everything(config.seed)
     student = build_student(config.student, data.channels, config.reprogram.proxy_dim, data.num_classes)
     dcfg = config.distill
-    z_t = t_logits = None
+    z_t = t_logits = z_u = logits_u = None
     teacher_val_acc: float | None = None
     cached = False
     if config.method == "tdmr":
+        if teacher_side is None and cache is not None:
+            teacher_side = cache.get_or_compute(config, data)
         if teacher_side is None:
-            teacher_side = reprogram_teacher(config, data, runtime, on_epoch_end)
-        else:
-            cached = bool(getattr(teacher_side, "cache_hit", True))
+            teacher_side = reprogram_teacher(config, data, runtime, on_epoch_end, features=features)
+        cached = teacher_side.cache_hit
         seconds["stage1"] = 0.0 if cached else teacher_side.seconds
         teacher_val_acc = teacher_side.val_acc
         student.classifier.load_state_dict(teacher_side.state["classifier"])
         z_t, t_logits = teacher_side.z_train, teacher_side.logits_train
+        z_u, logits_u = teacher_side.z_unlabeled, teacher_side.logits_unlabeled
         phases = plan_phases(dcfg.n_stages, dcfg.epochs, dcfg.temperature, dcfg.temperature_schedule)
         stage = "distill"
     elif config.method == "kd":
         t0 = time.perf_counter()
-        teacher = runtime.module(build_teacher(config.teacher))
-        f_train = _probe_features(teacher, data.train, runtime)
+        f_train = features("train", data.train.images)
         head = _linear_probe(config, f_train, data.train.labels, data.num_classes, runtime)
         with torch.no_grad():
             t_logits = head(runtime.put(f_train)).float().cpu()
-            teacher_val_acc = accuracy(head(runtime.put(_probe_features(teacher, data.val, runtime))).cpu(),
-                                       data.val.labels)
-        del teacher
+            teacher_val_acc = accuracy(head(runtime.put(features("val", data.val.images))).cpu(), data.val.labels)
+            if len(data.unlabeled):  # the same views as TDMR distils on
+                logits_u = head(runtime.put(features("unlabeled", data.unlabeled))).float().cpu()
         seconds["stage1"] = time.perf_counter() - t0
         phases = [Phase(0, dcfg.epochs, 0.0, 1.0, 1.0, dcfg.temperature, True)]
         stage = "kd"
@@ -349,7 +467,8 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
         stage = "scratch"
     t0 = time.perf_counter()
     seed_everything(config.seed)
-    history = distill_student(student, phases, config, data, runtime, z_t, t_logits, on_epoch_end, stage)
+    history = distill_student(student, phases, config, data, runtime, z_t, t_logits, on_epoch_end, stage,
+                              z_u=z_u, logits_u=logits_u)
     seconds["stage2"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     student.eval()

@@ -33,6 +33,20 @@ def _cosine(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(z_s, z_t, dim=1)).mean()
 
 
+@FEATURE_LOSSES.register("cka")
+def _cka(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+    """1 - linear CKA between the batch's student and teacher features (Kornblith et al., 2019).
+
+    Invariant to rotation and scale of either side: the student matches the geometry of the
+    proxy space, not its coordinates.
+    """
+    x = z_s - z_s.mean(0, keepdim=True)
+    y = z_t - z_t.mean(0, keepdim=True)
+    cross = (y.T @ x).pow(2).sum()
+    norm = torch.sqrt((x.T @ x).pow(2).sum() * (y.T @ y).pow(2).sum())
+    return 1.0 - cross / norm.clamp_min(1e-12)
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))."""
     log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
@@ -128,13 +142,15 @@ class ProgressiveDistiller(nn.Module):
                 phase: Phase) -> dict[str, torch.Tensor]:
         """Losses of one batch: ``loss`` (weighted sum), ``feat``, ``kd``, ``ce``, and ``logits``.
 
-        A loss whose weight is zero in ``phase`` (or whose teacher tensor is None) is not computed.
+        ``y`` labels the first ``len(y)`` rows of ``x``; the rows after them are unlabelled and
+        enter the feature and prediction losses only. A loss whose weight is zero in ``phase``
+        (or whose teacher tensor is None) is not computed.
         """
         z_s = self.student.proxy(x)
         logits = self.student.classifier(z_s)
         zero = logits.new_zeros((), dtype=torch.float32)
         feat = self.feature_loss(z_s.float(), z_t.detach().float()) if phase.w_feat and z_t is not None else zero
         kd = kd_loss(logits, t_logits.detach(), phase.temperature) if phase.w_kd and t_logits is not None else zero
-        ce = F.cross_entropy(logits.float(), y) if phase.w_ce else zero
+        ce = F.cross_entropy(logits[: len(y)].float(), y) if phase.w_ce and len(y) else zero
         loss = phase.w_feat * feat + phase.w_kd * kd + phase.w_ce * ce
         return {"loss": loss, "feat": feat, "kd": kd, "ce": ce, "logits": logits}

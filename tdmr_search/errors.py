@@ -15,6 +15,8 @@ __all__ = [
     "BudgetError",
     "StudyError",
     "TrialFailed",
+    "Interrupted",
+    "DiskError",
 ]
 
 
@@ -44,3 +46,16 @@ class StudyError(TdmrError):
 
 class TrialFailed(TdmrError):
     """A single trial cannot go on (non-finite loss, out of memory); the study goes on."""
+
+
+class Interrupted(TdmrError):
+    """SIGINT or SIGTERM asked the search to stop; it stopped between steps (the CLI exits 130).
+
+    ``summary`` holds what the run had done by then, when there is one to show.
+    """
+
+    summary: str | None = None
+
+
+class DiskError(TdmrError):
+    """A file cannot be written (disk full, read-only file system, permission denied): the run stops."""

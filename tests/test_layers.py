@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tdmr_search"
 
 #: Layer of each part of the package; a module may import only from its own layer or below.
 LAYERS = {
-    "errors": 0, "registry": 0,
+    "errors": 0, "registry": 0, "fsio": 0, "yamlio": 0,
     "config": 1,
     "data": 2,
     "models": 3,

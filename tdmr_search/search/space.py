@@ -29,6 +29,7 @@ import yaml
 from tdmr_search.config import PipelineConfig, config_from_dict, format_flops, parse_flops
 from tdmr_search.errors import BudgetError, ConfigError, TdmrError
 from tdmr_search.registry import closest
+from tdmr_search.yamlio import load_yaml
 
 __all__ = ["ParamSpec", "SearchSpace", "StudentChoice", "load_space", "feasible_students", "describe_feasible"]
 
@@ -171,7 +172,7 @@ def load_space(path: str | Path) -> SearchSpace:
     """Read and check a search space YAML file, reporting every problem at once."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), f"The search space {str(path)!r}")
     except OSError as err:
         raise ConfigError(f"Cannot read the search space {str(path)!r}: {err.strerror}") from None
     except yaml.YAMLError as err:

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: 2.14.1 lies on the development machines' disk
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q --no-deps foolbox==3.3.4   # sample ImageNet photos for a test
-	$(BIN)/python -m pip install -q -e ".[dev,offline,db,dashboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,offline,db,dashboard,onnx]"
 	touch $(STAMP)
 
 data:

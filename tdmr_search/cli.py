@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.debug:
-        for noisy in ("optuna", "timm", "sqlalchemy", "alembic", "urllib3", "httpx"):
+        for noisy in ("optuna", "timm", "sqlalchemy", "alembic", "urllib3", "httpx", "onnx_ir", "onnxscript", "torch.onnx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args))

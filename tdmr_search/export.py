@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tdmr_search import __version__
 from tdmr_search.config import config_from_dict, dump_config, format_flops
+from tdmr_search.deploy import write_deployment
 from tdmr_search.errors import StudyError
 from tdmr_search.pipeline.run import MODEL_FILE
 from tdmr_search.search.objective import KEEP_WEIGHTS
@@ -105,17 +106,14 @@ def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystem
                    params=trial.params, tdmr_search_version=__version__)
     metrics["params_count"] = attrs.get("params")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    deployed = dict(attrs.get("deployed") or {})
-    deployed.update(format="tdmr-search deployed student", tdmr_search_version=__version__, weights=MODEL_FILE,
-                    input="N x in_chans x image_size x image_size float images with values in [0, 1]")
-    (folder / "model.json").write_text(json.dumps(deployed, indent=2) + "\n")
-    (folder / "README.md").write_text(model_card(study, trial))
+    info = write_deployment(folder, config, dict(attrs.get("deployed") or {}))
+    (folder / "README.md").write_text(model_card(study, trial, info))
     logger.info("exported trial %d to %s", trial.number, folder)
     return folder
 
 
-def model_card(study: Any, trial: FrozenTrial) -> str:
-    """A short model card for an exported trial."""
+def model_card(study: Any, trial: FrozenTrial, info: dict[str, Any] | None = None) -> str:
+    """A short model card for an exported trial; ``info`` (its model.json) adds input, classes and ONNX parity."""
     a = trial.user_attrs
     cfg = a["config"]
     base = study.user_attrs.get("baselines", {}).get(study.user_attrs.get("baselines_for_best", ""), {})
@@ -142,6 +140,7 @@ def model_card(study: Any, trial: FrozenTrial) -> str:
     for method in ("scratch", "kd"):
         if "test_acc" in base.get(method, {}):
             lines.append(f"| baseline `{method}` test accuracy | {base[method]['test_acc']:.4f} |")
+    lines += _deployment_card(info) if info else []
     lines += [
         "",
         "Load it:",
@@ -151,7 +150,45 @@ def model_card(study: Any, trial: FrozenTrial) -> str:
         "model = load_deployed('.')  # an nn.Module: images in [0, 1] -> class logits",
         "```",
         "",
+        "Predict with it: `tdmr-search predict --model . IMAGES_OR_FOLDERS... [--top-k 3] [--out predictions.csv]`.",
+        "",
         "Retrain it without any search: `tdmr-search train --config config.yaml --out retrained`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _deployment_card(info: dict[str, Any]) -> list[str]:
+    """The model card's lines on input, classes and the ONNX file, from ``model.json``."""
+    pre = info.get("preprocessing", {})
+    names = info.get("class_names") or []
+    lines = [
+        "",
+        "## Input and classes",
+        "",
+        f"- input: {pre.get('layout', 'NCHW')} {pre.get('dtype', 'float32')}, {pre.get('channels')} channel"
+        f"{'s' if pre.get('channels') != 1 else ''} "
+        f"({pre.get('color')}), {pre.get('height')} x {pre.get('width')} pixels, values in "
+        f"[{pre.get('value_range', [0, 1])[0]:g}, {pre.get('value_range', [0, 1])[1]:g}]",
+        f"- preprocessing: resize {pre.get('resize', 'bilinear')}; alpha {pre.get('alpha', 'dropped')}; "
+        f"{pre.get('scaling', 'pixel / 255')}",
+        f"- output: {len(names)} logits, in this class order: " + ", ".join(f"{i} `{n}`" for i, n in enumerate(names)),
+        "",
+        "## ONNX",
+        "",
+    ]
+    onnx = info.get("onnx") or {}
+    if onnx.get("file"):
+        lines += [
+            f"`{onnx['file']}`: opset {onnx.get('opset')}, dynamic batch (input `images`, output `logits`), checked at "
+            f"export with onnxruntime {onnx.get('onnxruntime')} against PyTorch on {onnx.get('images_from')}:",
+            "",
+            "| check | result |",
+            "|---|---|",
+            f"| largest absolute logit difference | {onnx['max_abs_logit_diff']:.2e} |",
+            f"| same arg-max class | {onnx['argmax_agree']}/{onnx['images']} images |",
+            f"| batch sizes run | {', '.join(str(b) for b in onnx.get('batch_sizes', []))} |",
+        ]
+    else:
+        lines.append(f"No ONNX file: {onnx.get('reason', 'not written')}.")
+    return lines

@@ -16,14 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tdmr_search"
 
 #: Layer of each part of the package; a module may import only from its own layer or below.
 LAYERS = {
-    "errors": 0, "registry": 0, "fsio": 0, "yamlio": 0,
+    "errors": 0, "registry": 0, "fsio": 0, "yamlio": 0, "progress": 0,
     "config": 1,
     "data": 2,
-    "models": 3,
+    "models": 3, "deploy": 3,
     "pipeline": 4,
     "search": 5,
-    "export": 6, "report": 6,
-    "cli": 7,
+    "export": 6, "report": 6, "predict": 6,
+    "cli": 7, "console": 7,
     "__main__": 8,
 }
 #: Third-party packages only some parts may import (paths relative to the package).

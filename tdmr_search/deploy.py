@@ -1,0 +1,279 @@
+"""What a deployed student folder says about itself, and its ONNX twin checked against PyTorch.
+
+``model.json`` describes the model for someone without this package: the class names and the
+preprocessing the model expects (:func:`model_info`). :func:`write_onnx` writes ``student.onnx``
+(dynamic batch, opset :data:`ONNX_OPSET`) and :func:`onnx_parity` runs it with onnxruntime on real
+images next to the PyTorch model. The ONNX parts need the optional packages of the ``onnx`` extra
+(``pip install 'tdmr-search[onnx]'``); :func:`onnx_missing` says which one is absent.
+
+This module sits beside ``models``: it imports no pipeline, search or optuna code, so
+:func:`tdmr_search.pipeline.run.save_result` may call it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import importlib.util
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "ONNX_FILE", "ONNX_OPSET", "ONNX_INPUT", "ONNX_OUTPUT", "PARITY_TOLERANCE", "model_info", "preprocessing",
+    "onnx_missing", "write_onnx", "onnx_parity", "export_onnx_checked", "parity_images", "write_deployment",
+]
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "student.onnx"
+#: The opset torch's ONNX exporter (torch.export based) writes natively.
+ONNX_OPSET = 18
+ONNX_INPUT = "images"
+ONNX_OUTPUT = "logits"
+#: Largest absolute logit difference between onnxruntime and PyTorch that export accepts.
+PARITY_TOLERANCE = 1e-3
+#: The packages the ONNX file needs: torch's exporter (onnx, onnxscript) and the check (onnxruntime).
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def preprocessing(in_chans: int, image_size: int) -> dict[str, Any]:
+    """The input the deployed model expects, in words a non-Python user can follow."""
+    return {
+        "layout": "NCHW",
+        "dtype": "float32",
+        "channels": int(in_chans),
+        "color": "grey (ITU-R 601 luma of colour images)" if in_chans == 1 else "RGB (grey images repeated)",
+        "height": int(image_size),
+        "width": int(image_size),
+        "resize": "bilinear to height x width (any input size)",
+        "alpha": "dropped (as in training)",
+        "value_range": [0.0, 1.0],
+        "scaling": "pixel / 255 for 8-bit images, pixel / 65535 for 16-bit ones; no mean/std: the model normalises inside",
+    }
+
+
+def model_info(deployed: dict[str, Any], class_names: list[str] | None = None) -> dict[str, Any]:
+    """The ``model.json`` of a deployed student.
+
+    Args:
+        deployed: What the trial or run recorded: student, resolution, in_chans, image_size,
+            num_classes, proxy_dim and (newer runs) class_names.
+        class_names: Names to use when ``deployed`` has none (e.g. read from the data now).
+    """
+    from tdmr_search import __version__
+
+    info = dict(deployed)
+    names = info.get("class_names") or class_names
+    num_classes = int(info.get("num_classes") or (len(names) if names else 0))
+    if not names or len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    info.update(
+        format="tdmr-search deployed student", tdmr_search_version=__version__, weights="student.safetensors",
+        class_names=[str(n) for n in names], num_classes=num_classes,
+        input="N x in_chans x image_size x image_size float images with values in [0, 1]",
+        preprocessing=preprocessing(int(info["in_chans"]), int(info["image_size"])),
+        output="N x num_classes logits; softmax gives class probabilities in class_names order",
+    )
+    return info
+
+
+def onnx_missing() -> str | None:
+    """None when the ONNX file can be written and checked, else why not (one line)."""
+    absent = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if not absent:
+        return None
+    return (f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not installed; "
+            "pip install 'tdmr-search[onnx]' (or make setup) to get student.onnx")
+
+
+def write_onnx(model: nn.Module, path: str | Path, in_chans: int, image_size: int) -> Path:
+    """Export ``model`` (images in [0, 1] -> logits) to ONNX with a dynamic batch dimension.
+
+    torch's exporter reports its steps on stdout and through warnings: they go to the debug log.
+    """
+    path = Path(path)
+    model = model.eval()
+    example = torch.rand(2, in_chans, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    arg = next(iter(_forward_args(model)))
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, opset_version=ONNX_OPSET, external_data=False,
+            input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+            dynamic_shapes={arg: {0: torch.export.Dim("batch")}}, verbose=False,
+        )
+    for line in chatter.getvalue().splitlines():
+        logger.debug("torch.onnx: %s", line)
+    for w in caught:
+        logger.debug("torch.onnx warning: %s", w.message)
+    return path
+
+
+def _forward_args(model: nn.Module) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(model.forward).parameters if p != "self"] or ["x"]
+
+
+def onnx_parity(path: str | Path, model: nn.Module, images: torch.Tensor, batch: int = 64) -> dict[str, Any]:
+    """Run ``path`` with onnxruntime (CPU) and ``model`` with PyTorch on ``images``; compare the logits.
+
+    Returns:
+        images (how many), max_abs_logit_diff, argmax_agree (how many images get the same class),
+        batch_sizes (the batch sizes run, to show the batch dimension is dynamic) and runtime
+        (the onnxruntime version).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    model = model.eval()
+    worst, agree, sizes = 0.0, 0, set()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch].float().contiguous()
+            ref = model(x).numpy()
+            out = session.run(None, {name: x.numpy()})[0]
+            worst = max(worst, float(np.abs(out - ref).max()))
+            agree += int((out.argmax(1) == ref.argmax(1)).sum())
+            sizes.add(len(x))
+        if len(images) > 1:  # one more batch size: the batch dimension must be dynamic
+            x = images[:1].float().contiguous()
+            worst = max(worst, float(np.abs(session.run(None, {name: x.numpy()})[0] - model(x).numpy()).max()))
+            sizes.add(1)
+    return {"images": int(len(images)), "max_abs_logit_diff": worst, "argmax_agree": agree,
+            "batch_sizes": sorted(sizes), "onnxruntime": ort.__version__, "opset": ONNX_OPSET}
+
+
+def export_onnx_checked(model: nn.Module, folder: str | Path, in_chans: int, image_size: int,
+                        images: torch.Tensor, images_from: str) -> dict[str, Any]:
+    """Write ``folder/student.onnx`` and check it against ``model`` on ``images``.
+
+    A file whose logits differ by more than :data:`PARITY_TOLERANCE` (relative to the logits'
+    scale) or whose arg-max disagrees anywhere is removed, so that ``predict`` never uses it.
+
+    Returns:
+        The parity figures plus ``file`` (None when removed or not written), ``images_from`` and,
+        when there is no file, ``reason``.
+    """
+    path = Path(folder) / ONNX_FILE
+    try:
+        write_onnx(model, path, in_chans, image_size)
+        parity = onnx_parity(path, model, images)
+    except Exception as err:  # an operator the exporter or onnxruntime cannot handle
+        path.unlink(missing_ok=True)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = f"the ONNX export or its check failed: {type(err).__name__}: {first[:300]}"
+        logger.warning("student.onnx was not written: %s", reason)
+        logger.debug("ONNX export failure", exc_info=True)
+        return {"file": None, "reason": reason, "images_from": images_from}
+    parity["images_from"] = images_from
+    with torch.no_grad():
+        scale = max(1.0, float(model(images[:64].float()).abs().max()))
+    if parity["max_abs_logit_diff"] > PARITY_TOLERANCE * scale or parity["argmax_agree"] != parity["images"]:
+        path.unlink(missing_ok=True)
+        parity.update(file=None, reason=(
+            f"onnxruntime disagrees with PyTorch (max abs logit difference {parity['max_abs_logit_diff']:.3g}, "
+            f"arg-max agrees on {parity['argmax_agree']}/{parity['images']} images)"))
+        logger.warning("student.onnx was removed: %s", parity["reason"])
+        return parity
+    parity["file"] = ONNX_FILE
+    logger.info("student.onnx: max abs logit difference %.3g vs PyTorch, arg-max agrees on %d/%d images",
+                parity["max_abs_logit_diff"], parity["argmax_agree"], parity["images"])
+    return parity
+
+
+#: Real images the ONNX check runs on (test images of the task).
+PARITY_IMAGES = 64
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        logger.warning(message)
+
+
+def parity_images(config: Any, num_classes: int, data: Any = None,
+                  n: int = PARITY_IMAGES) -> tuple[torch.Tensor | None, str, list[str] | None]:
+    """Up to ``n`` test images of ``config``'s task (None when unreadable), where they come from, class names.
+
+    Uses ``data`` (a loaded :class:`~tdmr_search.data.TargetData`) when given, else loads the task
+    with the fewest labelled images it allows. When the data cannot be read (it moved, it was a
+    download), the images are None and the returned text says what stands in: seeded random images.
+    """
+    import dataclasses
+
+    from tdmr_search.data import load_data
+    from tdmr_search.errors import TdmrError
+
+    if data is None:
+        small = {"shots": 2, "fraction": None, "val_fraction": 0.5, "test_limit": max(n, num_classes),
+                 "augment_views": 0, "unlabeled": 0, "mixup": 0}
+        try:
+            cfg = dataclasses.replace(config.data, **{k: v for k, v in small.items() if hasattr(config.data, k)})
+            data = load_data(cfg, config.seed)
+        except (TdmrError, OSError) as err:
+            reason = " ".join(str(err).split())[:200]
+            logger.warning("the ONNX check runs on random images: the task's data cannot be read (%s)", reason)
+            return None, f"seeded random images (the task's data cannot be read: {reason})", None
+    images = data.test.images[:n]
+    return images, f"{len(images)} test images of {config.data.dataset}", list(data.class_names)
+
+
+def _rebuild(folder: Path, config: Any, info: dict[str, Any]) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from tdmr_search.models.students import build_student
+
+    student = build_student(config.student, int(info["in_chans"]), int(info["proxy_dim"]), int(info["num_classes"]),
+                            pretrained=False)
+    student.load_state_dict(load_file(str(folder / info["weights"])), strict=True)
+    return student.eval()
+
+
+def write_deployment(folder: str | Path, config: Any, deployed: dict[str, Any], model: nn.Module | None = None,
+                     data: Any = None) -> dict[str, Any]:
+    """Write ``model.json`` (class names, preprocessing) and ``student.onnx`` checked against PyTorch.
+
+    ``folder`` already holds ``student.safetensors``. Without the ONNX packages the ONNX file is
+    skipped and the log says why, once per process.
+
+    Args:
+        folder: The deployed student's folder.
+        config: Its resolved :class:`~tdmr_search.config.PipelineConfig`.
+        deployed: What the run recorded about the model (student, resolution, in_chans,
+            image_size, num_classes, proxy_dim, class_names).
+        model: The deployed student (rebuilt from the weights file when None).
+        data: The loaded target data, when at hand (else its test images are loaded).
+
+    Returns:
+        The ``model.json`` contents; its ``onnx`` entry holds the parity figures or why there is no file.
+    """
+    folder = Path(folder)
+    num_classes = int(deployed.get("num_classes") or 0)
+    images, images_from, names = parity_images(config, num_classes, data)
+    info = model_info(deployed, names)
+    if model is None:
+        model = _rebuild(folder, config, info)
+    missing = onnx_missing()
+    if missing:
+        (folder / ONNX_FILE).unlink(missing_ok=True)
+        _say_once(f"export skipped student.onnx: {missing}")
+        info["onnx"] = {"file": None, "reason": f"skipped: {missing}"}
+    else:
+        if images is None:
+            images = torch.rand(PARITY_IMAGES, int(info["in_chans"]), int(info["image_size"]), int(info["image_size"]),
+                                generator=torch.Generator().manual_seed(0))
+        info["onnx"] = export_onnx_checked(model, folder, int(info["in_chans"]), int(info["image_size"]), images,
+                                           images_from)
+    (folder / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

@@ -102,6 +102,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from tdmr_search.predict import predict
+
+    result = predict(args.model, args.images, top_k=args.top_k, backend=args.backend)
+    for row in result.failed:
+        print(f"tdmr-search predict: {row.file}: {row.error}", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(result.to_csv())
+        except OSError as err:
+            raise TdmrError(f"Cannot write the predictions file {str(out)!r}: {err.strerror}; choose a writable --out") from None
+        print(f"{len(result.rows) - len(result.failed)} of {len(result.rows)} files predicted with {result.backend} -> {out}")
+    else:
+        print(result.to_csv(), end="")
+    return 1 if result.failed else 0
+
+
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="SQLAlchemy URL of the study store (default sqlite:///studies/<study>.db)")
 
@@ -176,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--out", required=True, help="output .html file")
     p.set_defaults(handler=_report)
+
+    p = sub.add_parser("predict", help="classify image files or folders with an exported or trained model")
+    p.add_argument("--model", required=True, help="an export (tdmr-search export --out) or train --out folder")
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDERS", help="image files (PNG, JPEG, ...) or folders of them")
+    p.add_argument("--top-k", type=int, default=1, help="classes per image, best first (default 1)")
+    p.add_argument("--out", help="write the predictions to this CSV file instead of printing them")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto (default): onnxruntime when the folder holds student.onnx, else PyTorch")
+    p.set_defaults(handler=_predict)
     return parser
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from tdmr_search import __version__
+from tdmr_search import __version__, progress
+from tdmr_search.console import Console
 from tdmr_search.errors import TdmrError
 
 __all__ = ["main"]
@@ -68,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines, isolate=args.isolate, teacher_cache=not args.no_cache,
         one_trial=args.one_trial, trials_here=args.trials_here,
     )
+    progress.finish()  # the status line goes before the summary
     print(summary)
     return 0
 
@@ -132,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and results")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="every log line (run: per-epoch lines too)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("-v", "--verbose", action="store_true", help="every log line (run: per-epoch lines too)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add = sub.add_parser
 
@@ -214,12 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    console = _console(args)
+    logging.basicConfig(level=level, handlers=[console])
     if not args.debug:
         for noisy in ("optuna", "timm", "sqlalchemy", "alembic", "urllib3", "httpx", "onnx_ir", "onnxscript", "torch.onnx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.handler(args))
+        with progress.listen(console):  # the status line comes down before any result or error line
+            return int(args.handler(args))
     except TdmrError as err:
         if args.debug:
             raise
@@ -228,6 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tdmr-search {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _console(args: argparse.Namespace) -> Console:
+    """stderr's handler: for ``run``, one line per trial and a status line (every line with -v or --debug)."""
+    run = args.command == "run"
+    verbose = bool(args.debug or args.verbose or os.environ.get("TDMR_VERBOSE") == "1")
+    if run and args.verbose:
+        os.environ["TDMR_VERBOSE"] = "1"  # the worker processes of --workers / --isolate inherit it
+    bar = run and not args.quiet and getattr(args, "worker_index", None) is None
+    console = Console(bar=None if bar else False, verbose=verbose or not run)
+    if run:  # Optuna's own warnings go through the same handler, under the status line
+        import optuna
+
+        optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
+        logging.captureWarnings(True)
+    return console
 
 
 def _one_line(text: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import torch
 
-from tdmr_search import __version__
+from tdmr_search import __version__, progress
 from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
 from tdmr_search.errors import TdmrError, TrialFailed
@@ -139,6 +139,7 @@ class Objective:
         stage1: dict[str, float] = {}
 
         def on_epoch_end(step: int, metrics: dict) -> None:
+            _report_epoch(trial, metrics)
             if metrics.get("stage") == "reprogram":  # stage 1 ran here (no cache)
                 stage1["stage1"] = round(metrics["seconds"], 3)
             if metrics.get("stage") != "distill":
@@ -178,3 +179,12 @@ class Objective:
                                           mimetype="application/octet-stream")
         trial.set_user_attr("weights_artifact_id", artifact_id)
 
+def _report_epoch(trial: optuna.Trial, metrics: dict) -> None:
+    """Tell the status line which trial runs and where it is (stage and epoch)."""
+    cfg = trial.user_attrs.get("config") or {}
+    stage = metrics.get("stage", "")
+    epochs = (cfg.get("reprogram" if stage == "reprogram" else "distill") or {}).get("epochs")
+    name = "stage 1" if stage == "reprogram" else stage
+    st = cfg.get("student") or {}
+    progress.task(f"trial {trial.number} ({st.get('name', '?')}@{st.get('resolution', '?')})",
+                  int(metrics.get("epoch", 0)) + 1, epochs, f"{name} epochs")

@@ -24,7 +24,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tdmr_search import __version__
+from tdmr_search import __version__, progress
 from tdmr_search.config import format_flops
 from tdmr_search.data import load_data
 from tdmr_search.errors import ConfigError, StudyError, TdmrError, TrialFailed
@@ -216,30 +216,40 @@ def _fmt_seconds(s: float) -> str:
 
 
 class _Progress:
-    """Logs one line per finished trial: state, value, best so far, elapsed and time left."""
+    """Logs one line per finished trial (number, state, value, best so far, student, seconds, budget left)
+    and reports the budget to :mod:`tdmr_search.progress` (the command line's status line)."""
 
     def __init__(self, n_trials: int | None, timeout: float | None) -> None:
         self.start = time.monotonic()
         self.n_trials = n_trials
         self.timeout = timeout
+        if timeout is not None:
+            progress.budget(0.0, timeout, "seconds")
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         elapsed = time.monotonic() - self.start
         done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-        value = "" if trial.values is None else " ".join(f"{v:.4g}" for v in trial.values)
+        value = "-" if trial.values is None else " ".join(f"{v:.4f}" for v in trial.values)
         reason = trial.user_attrs.get("failure_reason")
         try:
             best = f"best {study.best_value:.4f} (trial {study.best_trial.number})" if len(study.directions) == 1 else \
                 f"{len(study.best_trials)} on the Pareto front"
         except ValueError:
             best = "no finished trial yet"
+        st = (trial.user_attrs.get("config") or {}).get("student") or {}
+        student = f"{st.get('name', '?')}@{st.get('resolution', '?')}" if st else "-"
+        seconds = trial.duration.total_seconds() if trial.duration is not None else float("nan")
         left = ""
         if self.timeout is not None:
             left = f", {_fmt_seconds(self.timeout - elapsed)} left"
         elif self.n_trials is not None:
             left = f", {max(0, self.n_trials - done)} trials left"
-        logger.info("trial %d %s %s%s | %s | %d finished | %s elapsed%s", trial.number, trial.state.name, value,
-                    f" ({reason})" if reason else "", best, done, _fmt_seconds(elapsed), left)
+        logger.info("trial %d %s %s%s | %s | %s | %.1fs | %d finished, %s elapsed%s", trial.number, trial.state.name,
+                    value, f" ({reason})" if reason else "", best, student, seconds, done, _fmt_seconds(elapsed), left)
+        if self.timeout is not None:
+            progress.budget(elapsed, self.timeout, "seconds", f"{done} finished | {best}")
+        elif self.n_trials is not None:
+            progress.budget(done, self.n_trials, "trials", best)
 
 
 def _keep_best_weights(study: optuna.Study, store: Any, keep: int = KEEP_WEIGHTS) -> None:

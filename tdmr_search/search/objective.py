@@ -9,6 +9,7 @@ import os
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -17,7 +18,8 @@ import torch
 from tdmr_search import __version__, progress
 from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
-from tdmr_search.errors import TdmrError, TrialFailed
+from tdmr_search.errors import DiskError, Interrupted, TdmrError, TrialFailed
+from tdmr_search.fsio import disk_error, is_disk_error
 from tdmr_search.pipeline.run import MODEL_FILE, deployed_cost, run_pipeline
 from tdmr_search.search.space import STUDENT_PARAM, SearchSpace, StudentChoice
 
@@ -60,16 +62,28 @@ class Objective:
         artifact_store: Where student weights go (None: not stored).
         two_objective: Return (val_acc, flops) instead of val_acc.
         teacher_cache: Optional cache of stage-1 outcomes (``get_or_compute``).
+        stop: Called before the trial and after every epoch: a reason to stop (a signal arrived, the
+            deadline passed) closes the trial as failed with ``interrupted`` and raises
+            :class:`Interrupted`; None goes on.
+        store_dir: The artifact store's folder, named when it cannot be written.
     """
 
     def __init__(self, space: SearchSpace, students: list[StudentChoice], data: TargetData,
-                 artifact_store: Any = None, two_objective: bool = False, teacher_cache: Any = None) -> None:
+                 artifact_store: Any = None, two_objective: bool = False, teacher_cache: Any = None,
+                 stop: Callable[[], str | None] | None = None, store_dir: Any = None) -> None:
         self.space = space
         self.students = students
         self.data = data
         self.artifact_store = artifact_store
         self.two_objective = two_objective
         self.teacher_cache = teacher_cache
+        self.stop = stop or (lambda: None)
+        self.store_dir = store_dir
+
+    def _check_stop(self) -> None:
+        why = self.stop()
+        if why:
+            raise Interrupted(why)
 
     def config_for(self, trial: optuna.Trial) -> PipelineConfig:
         """The resolved config of ``trial``."""
@@ -79,7 +93,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
+        record = getattr(trial.study.sampler, "record", None) if hasattr(trial, "study") else None
+        if record is not None:
+            record(trial)
         try:
+            self._check_stop()
             config = self.config_for(trial)
             trial.set_user_attr("config", config.to_dict())
             data = self.data
@@ -97,18 +115,26 @@ class Objective:
                                   teacher_side=self._teacher_side(config, data, trial))
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna closes the trial as failed
-            trial.set_user_attr("failure_reason", "interrupted")
+        except (Interrupted, KeyboardInterrupt) as err:  # Optuna closes the trial as failed; it stops the run
+            trial.set_user_attr("failure_reason", str(err) if isinstance(err, Interrupted) else "interrupted")
+            trial.set_user_attr("interrupted", True)  # not counted toward a trial budget
+            logger.warning("trial %d %s", trial.number, trial.user_attrs["failure_reason"])
             raise
+        except DiskError as err:
+            self._fail(trial, str(err), DiskError)
         except TdmrError as err:
             self._fail(trial, str(err))
         except torch.cuda.OutOfMemoryError as err:
             self._fail(trial, f"CUDA out of memory: {str(err).splitlines()[0]}")
         except Exception as err:  # a bug or an unexpected library error: recorded, the study goes on
+            if is_disk_error(err):  # the disk's fault, not the trial's: every next trial would fail alike
+                where = getattr(err, "filename", None) or self._where_written()
+                self._fail(trial, str(disk_error(err, where, "file", "free space, or choose other --artifacts "
+                                                 "and --storage locations")), DiskError)
             logger.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
             self._fail(trial, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         m = result.metrics
-        for key in ("val_acc", "test_acc", "teacher_val_acc", "teacher_cached", "history"):
+        for key in ("val_acc", "test_acc", "teacher_val_acc", "teacher_cached", "history", "data"):
             trial.set_user_attr(key, m.get(key))
         seconds = dict(m["seconds"], gate=gate_seconds, total=time.perf_counter() - start)
         trial.set_user_attr("seconds", {k: round(v, 3) for k, v in seconds.items()})
@@ -119,7 +145,15 @@ class Objective:
         })
         trial.set_user_attr("tdmr_search_version", __version__)
         if self.artifact_store is not None and result.model is not None:
-            self._upload(trial, result.model)
+            try:
+                self._upload(trial, result.model)
+            except DiskError as err:
+                self._fail(trial, str(err), DiskError)
+            except OSError as err:
+                if not is_disk_error(err):
+                    raise
+                self._fail(trial, str(disk_error(err, self.store_dir or "artifact store", "artifact store folder",
+                                                 "free space, or choose another --artifacts folder")), DiskError)
         val = float(m["val_acc"])
         if not math.isfinite(val):
             self._fail(trial, "validation accuracy is not a number")
@@ -140,6 +174,7 @@ class Objective:
 
         def on_epoch_end(step: int, metrics: dict) -> None:
             _report_epoch(trial, metrics)
+            self._check_stop()  # between epochs: a signal or the deadline stops the trial here
             if metrics.get("stage") == "reprogram":  # stage 1 ran here (no cache)
                 stage1["stage1"] = round(metrics["seconds"], 3)
             if metrics.get("stage") != "distill":
@@ -157,16 +192,25 @@ class Objective:
 
         return on_epoch_end
 
-    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+    def _where_written(self) -> str:
+        cache = getattr(self.teacher_cache, "folder", None)
+        places = [str(p) for p in (self.store_dir, cache) if p is not None]
+        return " or ".join(places) or "a file of the trial"
+
+    def _fail(self, trial: optuna.Trial, reason: str, error: type[TdmrError] = TrialFailed) -> None:
         from tdmr_search.search.secrets import redact
 
         reason = redact(" ".join(reason.split()))
-        trial.set_user_attr("failure_reason", reason)
+        try:
+            trial.set_user_attr("failure_reason", reason)
+        except Exception:  # noqa: BLE001 - the store itself may be what is full; the reason still reaches the user
+            if error is TrialFailed:
+                raise
         logger.warning("trial %d failed: %s", trial.number, reason)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise TrialFailed(reason)
+        raise error(reason)
 
     def _upload(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
         from optuna.artifacts import upload_artifact
@@ -178,6 +222,7 @@ class Objective:
             artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=path, study_or_trial=trial,
                                           mimetype="application/octet-stream")
         trial.set_user_attr("weights_artifact_id", artifact_id)
+
 
 def _report_epoch(trial: optuna.Trial, metrics: dict) -> None:
     """Tell the status line which trial runs and where it is (stage and epoch)."""

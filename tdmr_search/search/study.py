@@ -7,6 +7,7 @@ parameters, student weights of the best few trials in a file-system artifact sto
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -16,10 +17,12 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
@@ -27,15 +30,20 @@ from optuna.trial import FrozenTrial, TrialState
 from tdmr_search import __version__, progress
 from tdmr_search.config import format_flops
 from tdmr_search.data import load_data
-from tdmr_search.errors import ConfigError, StudyError, TdmrError, TrialFailed
+from tdmr_search.errors import ConfigError, Interrupted, StudyError, TdmrError, TrialFailed
+from tdmr_search.fsio import disk_error, is_disk_error, write_with
 from tdmr_search.registry import closest
+from tdmr_search.search import fingerprint as fp
+from tdmr_search.search import interrupt
 from tdmr_search.search.objective import KEEP_WEIGHTS, Objective
 from tdmr_search.search.secrets import redact
+from tdmr_search.search.seeding import PerTrialSeedSampler
 from tdmr_search.search.space import SearchSpace, feasible_students, load_space, require_feasible
 
 __all__ = [
     "default_storage", "open_storage", "load_study", "artifact_dir", "parse_budget", "make_sampler",
-    "make_pruner", "run_search", "study_status", "best_trials", "SQLITE_MAX_WORKERS",
+    "make_pruner", "run_search", "study_status", "best_trials", "SQLITE_MAX_WORKERS", "StoreOptions",
+    "counts_toward_budget", "check_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,7 +58,7 @@ _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 def check_study_name(name: str) -> None:
     """Raise unless ``name`` is usable as a study and file name."""
-    if not isinstance(name, str) or not _STUDY_NAME.match(name):
+    if not isinstance(name, str) or not _STUDY_NAME.fullmatch(name):  # fullmatch: no trailing newline
         raise ConfigError(
             f"The study name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit; got {name!r}"
         )
@@ -69,6 +77,62 @@ def _sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+def check_url(url: str) -> None:
+    """Raise :class:`StudyError` for a store that cannot outlive the process (in-memory SQLite)."""
+    if url.startswith("sqlite") and (url.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in url
+                                     or "mode=memory" in url):
+        raise StudyError(
+            f"The storage URL {url!r} is an in-memory SQLite database: it vanishes when the process ends, so no "
+            "worker, resume, export or dashboard could ever read it; accepted: sqlite:///PATH (a file) or a database URL"
+        )
+
+
+#: The tables of an Optuna study store; a database holding other tables and none of these is not ours.
+OPTUNA_TABLES = frozenset({
+    "studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials", "trial_params",
+    "trial_values", "trial_intermediate_values", "trial_user_attributes", "trial_system_attributes",
+    "trial_heartbeats", "version_info", "alembic_version",
+})
+
+
+def _check_tables(url: str, engine_kwargs: dict[str, Any], allow_other_tables: bool | None) -> None:
+    """Refuse a database that holds tables but no Optuna study store (an application's database)."""
+    import sqlalchemy
+
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        return  # a new file: nothing in it yet
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        names = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if not names or {"studies", "trials", "version_info"} <= names or allow_other_tables:
+        return
+    shown = ", ".join(sorted(names)[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    hint = ("; use a database (or SQLite file) of its own, or pass --allow-other-tables to add Optuna's "
+            f"{len(OPTUNA_TABLES)} tables beside them" if allow_other_tables is False else
+            "; it holds no study to read")
+    raise StudyError(f"The store {redact(url)!r} is not an Optuna study store: it holds other tables ({shown})" + hint)
+
+
+def _driver_error(url: str, err: ImportError) -> StudyError:
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    except Exception:  # noqa: BLE001 - an unknown dialect: name what we can
+        backend, driver = url.partition(":")[0], "its driver"
+    name = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB"}.get(backend, backend)
+    missing = err.name or str(err).splitlines()[0] or driver
+    return StudyError(
+        f"The storage URL {redact(url)!r} needs the {name} driver {driver!r}, which cannot be imported ({missing}); "
+        "accepted: pip install 'tdmr-search[db]' and a URL naming its drivers, postgresql+psycopg://user@host/db or "
+        "mysql+pymysql://user@host/db"
+    )
+
+
 def check_sqlite_writable(url: str) -> None:
     """Raise :class:`StudyError` when a SQLite store's file or folder cannot be written."""
     path = _sqlite_path(url)
@@ -85,12 +149,17 @@ def check_sqlite_writable(url: str) -> None:
         ) from None
 
 
-def open_storage(url: str, heartbeat: bool = True, wal: bool = False) -> RDBStorage:
+def open_storage(url: str, heartbeat: bool = True, wal: bool = False,
+                 allow_other_tables: bool | None = None) -> RDBStorage:
     """Open (creating when needed) the study store at ``url``.
 
     SQLite gets a long busy timeout, and with ``wal`` (what ``run`` asks for) WAL journaling so a
-    few local workers can share it; read-only commands leave the file as it is.
+    few local workers can share it; read-only commands leave the file as it is. A database that
+    holds other tables and no Optuna store is refused: ``allow_other_tables`` True adds the store
+    beside them (``run --allow-other-tables``), False refuses naming that flag, None (commands
+    that only read) refuses.
     """
+    check_url(url)
     engine_kwargs: dict[str, Any] = {}
     path = _sqlite_path(url)
     if url.startswith("sqlite"):
@@ -106,14 +175,14 @@ def open_storage(url: str, heartbeat: bool = True, wal: bool = False) -> RDBStor
             kw = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": GRACE_SECONDS,
                   "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2)}
     try:
+        _check_tables(url, engine_kwargs, allow_other_tables)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
     except ImportError as err:
-        raise StudyError(
-            f"The storage URL {redact(url)!r} needs a database driver that is not installed ({err.name}); "
-            "pip install 'tdmr-search[db]' (psycopg for PostgreSQL, pymysql for MySQL/MariaDB)"
-        ) from None
+        raise _driver_error(url, err) from None
+    except StudyError:
+        raise
     except Exception as err:  # sqlalchemy errors: bad URL, server down, auth
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise StudyError(f"Cannot open the study store {redact(url)!r}: {redact(first)[:300]}") from None
@@ -169,7 +238,12 @@ PRUNERS = ("hyperband", "median", "halving", "none")
 
 
 def make_sampler(name: str, seed: int, two_objective: bool) -> optuna.samplers.BaseSampler:
-    """A sampler by name: tpe (default), random, gp, nsga2."""
+    """A sampler by name: tpe (default), random, gp, nsga2, seeded per trial from ``seed`` (see seeding.py)."""
+    _make_sampler(name, seed, two_objective)  # unknown names fail here, before any trial
+    return PerTrialSeedSampler(name, seed, lambda s: _make_sampler(name, s, two_objective))
+
+
+def _make_sampler(name: str, seed: int, two_objective: bool) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
     if name == "random":
@@ -270,10 +344,9 @@ def _keep_best_weights(study: optuna.Study, store: Any, keep: int = KEEP_WEIGHTS
                 pass
 
 
-def _study_attrs(study: optuna.Study, space: SearchSpace, fit: list, over: list, two_objective: bool) -> None:
-    if study.user_attrs.get("tdmr_search_version"):
-        return
-    study.set_user_attr("tdmr_search_version", __version__)
+def _study_attrs(study: optuna.Study, space: SearchSpace, fit: list, over: list, two_objective: bool,
+                 fingerprint: dict[str, Any], seed: int) -> None:
+    """Describe a new study; ``tdmr_search_version`` goes last: it marks a complete tdmr-search study."""
     study.set_user_attr("space_name", space.name)
     study.set_user_attr("space", space.raw)
     study.set_user_attr("base_config", space.base.to_dict())
@@ -286,34 +359,48 @@ def _study_attrs(study: optuna.Study, space: SearchSpace, fit: list, over: list,
                         "distils it into the student (stage 2); the value is the student's validation accuracy. "
                         "User attrs of each trial: val_acc, test_acc (never used to choose), teacher_val_acc, flops, "
                         "params, seconds per stage, teacher_cached, config (the resolved pipeline config), "
-                        "failure_reason.")
+                        "data (split sizes: train, val, test, pool = unlabelled images drawn from the train split, "
+                        "unlabeled = pool + its views + mixup images), failure_reason, interrupted (a trial stopped by a signal or the --budget deadline: it "
+                        "does not count toward a trial budget), sampler (name, --seed and the trial's own seed).")
+    study.set_user_attr("fingerprint", fingerprint)
+    study.set_user_attr("sampler_seeding", f"each trial's sampler seed is derived from --seed ({seed} for the run "
+                        "that created the study) and the trial number: tdmr_search.search.seeding.derive_seed")
+    study.set_user_attr("tdmr_search_version", __version__)
 
 
-def _interrupt_on_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+@dataclass(frozen=True)
+class StoreOptions:
+    """What ``run`` may do to a store beyond adding trials to its own study."""
 
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        pass
+    allow_changed_space: bool = False
+    """Resume although the space or data changed (recorded in the study as ``space_changes``)."""
+    adopt_study: bool = False
+    """Add trials to a study of that name that tdmr-search did not create."""
+    allow_other_tables: bool = False
+    """Add Optuna's tables to a database that holds other tables."""
 
 
 def run_search(space_path: str, study_name: str, storage: str | None, budget: str, sampler: str = "tpe",
                pruner: str = "hyperband", seed: int = 0, two_objective: bool = False, workers: int = 1,
                gpus: str | None = None, artifacts: str | None = None, progress: bool = True,
                baselines: bool = True, isolate: bool = False, teacher_cache: bool = True,
-               one_trial: bool = False, trials_here: int | None = None) -> str:
+               one_trial: bool = False, trials_here: int | None = None,
+               options: StoreOptions | None = None) -> str:
     """Run (or resume) the search and return a summary for the terminal.
+
+    SIGINT and SIGTERM stop it between steps: the running trial is closed as failed with
+    ``interrupted`` (it does not count toward a trial budget) and :class:`Interrupted` is raised
+    with the summary attached.
 
     Args:
         space_path: Search space YAML.
         study_name: Study name; the same name resumes.
         storage: SQLAlchemy URL; default ``sqlite:///studies/<study>.db``.
-        budget: Number of finished trials the study should hold, or a duration for this run.
+        budget: Number of finished trials the study should hold, or a duration for this run (a
+            deadline for everything it does, baselines included).
         sampler: tpe, random, gp or nsga2.
         pruner: hyperband, median, halving or none.
-        seed: Sampler seed.
+        seed: Sampler seed; each trial's sampler seed derives from it and the trial number.
         two_objective: Maximise val_acc and minimise FLOPs (Pareto front; no pruning).
         workers: Worker processes sharing the study.
         gpus: Comma-separated GPU ids, one worker each.
@@ -324,37 +411,196 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
         one_trial: Run at most one trial in this process (what isolated workers do).
         trials_here: Run at most this many trials in this process (a worker's share of a trial budget).
         teacher_cache: Share stage-1 outcomes between trials through the on-disk cache.
+        options: What the run may do to a store that is not plainly its own.
     """
-    check_study_name(study_name)
-    n_trials, timeout = parse_budget(budget)
-    space = load_space(space_path)
-    make_sampler(sampler, seed, two_objective)
-    make_pruner(pruner, space.base.distill.epochs)
-    url = storage or default_storage(study_name)
-    gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus is not None else []
-    if gpus is not None and (not gpu_ids or not all(g.isdigit() for g in gpu_ids)):
-        raise ConfigError(f"--gpus must be comma-separated GPU numbers such as 0,1; got {gpus!r}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1; got {workers}")
-    if gpu_ids:
-        workers = len(gpu_ids)
-    if workers > SQLITE_MAX_WORKERS and url.startswith("sqlite"):
-        raise ConfigError(
-            f"--workers {workers} on SQLite: SQLite serves at most {SQLITE_MAX_WORKERS} local workers safely; use a "
-            "PostgreSQL or MySQL --storage URL (postgresql+psycopg://user@host/db, mysql+pymysql://user@host/db)"
+    with interrupt.stop_on_signals():
+        start = time.monotonic()
+        check_study_name(study_name)
+        n_trials, timeout = parse_budget(budget)
+        deadline = None if timeout is None else start + timeout
+        space = load_space(space_path)
+        make_sampler(sampler, seed, two_objective)
+        make_pruner(pruner, space.base.distill.epochs)
+        url = storage or default_storage(study_name)
+        check_url(url)
+        gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus is not None else []
+        if gpus is not None and (not gpu_ids or not all(g.isdigit() for g in gpu_ids)):
+            raise ConfigError(f"--gpus must be comma-separated GPU numbers such as 0,1; got {gpus!r}")
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1; got {workers}")
+        if gpu_ids:
+            workers = len(gpu_ids)
+        if workers > SQLITE_MAX_WORKERS and url.startswith("sqlite"):
+            raise ConfigError(
+                f"--workers {workers} on SQLite: SQLite serves at most {SQLITE_MAX_WORKERS} local workers safely; use a "
+                "PostgreSQL or MySQL --storage URL (postgresql+psycopg://user@host/db, mysql+pymysql://user@host/db)"
+            )
+        options = options or StoreOptions()
+        created: list[Path] = []  # folders this run made: removed again if they are left empty
+        try:
+            if workers > 1 or isolate:
+                return _run_workers(space_path, study_name, url, n_trials, deadline, sampler, pruner, seed,
+                                    two_objective, workers, gpu_ids, artifacts, progress, baselines, isolate, options,
+                                    created)
+            return _run_here(space, study_name, url, n_trials, deadline, sampler, pruner, seed, two_objective,
+                             artifacts, progress, baselines, teacher_cache, 1 if one_trial else trials_here, options,
+                             created)
+        finally:
+            _remove_empty(created)
+
+
+def _stop_reason(deadline: float | None) -> str | None:
+    """Why the search must stop now: a signal, the --budget deadline, or None to go on."""
+    if interrupt.requested():
+        return f"interrupted by {interrupt.reason()}"
+    if deadline is not None and time.monotonic() >= deadline:
+        return "stopped at the --budget deadline"
+    return None
+
+
+def _check_stop(deadline: float | None) -> None:
+    why = _stop_reason(deadline)
+    if why:
+        raise Interrupted(why)
+
+
+def _mkdirs(folder: Path, created: list[Path]) -> None:
+    """``mkdir -p folder``, noting in ``created`` each folder it made."""
+    missing = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    folder.mkdir(parents=True, exist_ok=True)
+    created.extend(reversed(missing))
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders a run made and left empty (innermost first)."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:  # not empty, or gone
+            pass
+
+
+class _QuietFailedTrials(logging.Filter):
+    """Drop Optuna's traceback for a trial that failed on purpose: the objective logged its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (TdmrError, KeyboardInterrupt)):
+            return False
+        return not re.match(r"Trial \d+ failed with value None\.", record.getMessage())
+
+
+def counts_toward_budget(t: FrozenTrial) -> bool:
+    """Finished trials count toward a trial budget; one stopped by a signal or the deadline does not."""
+    if t.state == TrialState.FAIL:
+        return not t.user_attrs.get("interrupted")
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _count_finished(study: optuna.Study) -> int:
+    return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+
+
+def _open_study(rdb: RDBStorage, study_name: str, url: str, two_objective: bool, sampler: Any, pruner: Any,
+                space: SearchSpace, fit: list, over: list, data: Any, seed: int, options: StoreOptions) -> optuna.Study:
+    """Create the study, or load it after checking it is ours and was run with this space and data."""
+    directions = ["maximize", "minimize"] if two_objective else ["maximize"]
+    current = fp.fingerprint(space, fit, data)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=rdb, directions=directions, sampler=sampler,
+                                    pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner)
+    else:
+        _study_metrics(study, two_objective)
+        _study_attrs(study, space, fit, over, two_objective, current, seed)
+        return study
+    attrs = _wait_for_marker(study)
+    n = len(study.get_trials(deepcopy=False))
+    if not attrs.get("tdmr_search_version"):
+        if not options.adopt_study:
+            kind = "/".join(d.name.lower() for d in study.directions)
+            raise StudyError(
+                f"Study {study_name!r} in {redact(url)!r} was not created by tdmr-search (a {kind} study with {n} "
+                "trials and no tdmr_search_version attribute); choose another --study, or pass --adopt-study to "
+                "add tdmr-search trials to it"
+            )
+        _check_directions(study, study_name, directions)
+        _study_metrics(study, two_objective)
+        study.set_user_attr("adopted", {"trials_before": n, "tdmr_search_version": __version__})
+        _study_attrs(study, space, fit, over, two_objective, current, seed)
+        logger.warning("study %r was not made by tdmr-search: adopted it (--adopt-study) with its %d trials", study_name, n)
+        return study
+    _check_directions(study, study_name, directions)
+    stored = attrs.get("fingerprint")
+    if stored is None:  # made by an earlier version: compare from now on
+        study.set_user_attr("fingerprint", current)
+        return study
+    changed = fp.changes(stored, current)
+    if not changed:
+        return study
+    what = fp.describe(stored, current, changed)
+    bad = fp.incompatible(stored, current, changed)
+    if bad:
+        raise StudyError(
+            f"Study {study_name!r} was run with another search space or data: {what}; Optuna cannot mix trials "
+            f"whose {', '.join(bad)} choices differ, even with --allow-changed-space; choose a new --study, or "
+            "restore the space"
         )
-    if workers > 1 or isolate:
-        return _run_workers(space_path, study_name, url, budget, sampler, pruner, seed, two_objective, workers,
-                            gpu_ids, artifacts, progress, baselines, isolate)
-    return _run_here(space, study_name, url, n_trials, timeout, sampler, pruner, seed, two_objective, artifacts,
-                     progress, baselines, teacher_cache, 1 if one_trial else trials_here)
+    if not options.allow_changed_space:
+        raise StudyError(
+            f"Study {study_name!r} was run with another search space or data: {what}; its trials and new ones "
+            "would not compare; choose a new --study, restore the space, or pass --allow-changed-space to go on "
+            "(recorded in the study)"
+        )
+    history = list(attrs.get("space_changes") or [])
+    history.append({"from_trial": n, "changed": changed, "before": {k: stored.get(k) for k in changed},
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tdmr_search_version": __version__})
+    study.set_user_attr("space_changes", history)
+    study.set_user_attr("fingerprint", current)
+    study.set_user_attr("space", space.raw)
+    study.set_user_attr("max_flops", space.max_flops)
+    study.set_user_attr("max_flops_text", format_flops(space.max_flops) if space.max_flops else None)
+    logger.warning("study %r: the search space changed from trial %d on (%s); recorded as space_changes",
+                   study_name, n, what)
+    return study
 
 
-def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | None, timeout: float | None,
+def _wait_for_marker(study: optuna.Study, seconds: float = 10.0) -> dict[str, Any]:
+    """The study's user attrs, once it is complete: an empty study without the tdmr-search marker may be
+    one another process (a worker, a second machine) is describing right now, so wait a little for it."""
+    end = time.monotonic() + seconds
+    while True:
+        attrs = study.user_attrs
+        if attrs.get("tdmr_search_version") or time.monotonic() > end:
+            return attrs
+        if (attrs and "space_name" not in attrs) or (not attrs and study.get_trials(deepcopy=False)):
+            return attrs  # another program's study
+        time.sleep(0.2)
+
+
+def _check_directions(study: optuna.Study, study_name: str, directions: list[str]) -> None:
+    if [d.name.lower() for d in study.directions] != directions:
+        raise StudyError(
+            f"Study {study_name!r} was created with {len(study.directions)} objective(s); "
+            f"run it {'with' if len(study.directions) == 2 else 'without'} --two-objective, or choose a new --study"
+        )
+
+
+def _study_metrics(study: optuna.Study, two_objective: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.set_metric_names(["val_acc", "flops"] if two_objective else ["val_acc"])
+
+
+def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | None, deadline: float | None,
               sampler: str, pruner: str, seed: int, two_objective: bool, artifacts: str | None, progress: bool,
-              baselines: bool, teacher_cache: bool, max_trials_this_process: int | None = None) -> str:
-    from optuna.artifacts import FileSystemArtifactStore
-
+              baselines: bool, teacher_cache: bool, max_trials_this_process: int | None,
+              options: StoreOptions, created: list[Path]) -> str:
     from tdmr_search.models.teachers import check_input_size
     from tdmr_search.models.timm_utils import check_model_name
 
@@ -362,77 +608,133 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
         check_model_name(name, "students.names")
     check_model_name(space.base.teacher.name, "base.teacher.name")
     check_input_size(space.base.teacher.name, space.base.teacher.input_size)
+    _check_stop(None)
     data = load_data(space.base.data, space.base.seed)
+    _check_stop(None)
     fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
     require_feasible(space, fit, over)
     note = small_validation_note(len(data.val), pruner, two_objective)
     if note:
         logger.warning(note)
+    _check_stop(None)
+    path = _sqlite_path(url)
+    if path is not None:
+        _mkdirs_or_fail(path.parent, created, f"study store {str(path)!r}", "choose a writable --storage sqlite:///PATH "
+                        "or a database URL")
     check_sqlite_writable(url)
-    store_dir = _make_artifact_dir(artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts))
-    rdb = open_storage(url, wal=True)
-    directions = ["maximize", "minimize"] if two_objective else ["maximize"]
+    store_dir = artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts)
+    _mkdirs_or_fail(store_dir, created, f"artifact store folder {str(store_dir)!r}", "choose a writable --artifacts folder")
+    rdb = open_storage(url, wal=True, allow_other_tables=options.allow_other_tables)
     try:
-        study = optuna.create_study(
-            study_name=study_name, storage=rdb, directions=directions, load_if_exists=True,
-            sampler=make_sampler(sampler, seed, two_objective), pruner=make_pruner(pruner, space.base.distill.epochs),
-        )
-    except ValueError as err:
-        raise StudyError(f"Cannot resume study {study_name!r}: {err}") from None
-    if [d.name.lower() for d in study.directions] != directions:
-        raise StudyError(
-            f"Study {study_name!r} was created with {len(study.directions)} objective(s); "
-            f"run it {'with' if len(study.directions) == 2 else 'without'} --two-objective, or choose a new --study"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        study.set_metric_names(["val_acc", "flops"] if two_objective else ["val_acc"])
-    _study_attrs(study, space, fit, over, two_objective)
-    store = FileSystemArtifactStore(str(store_dir))
+        study = _open_study(rdb, study_name, url, two_objective, make_sampler(sampler, seed, two_objective),
+                            make_pruner(pruner, space.base.distill.epochs), space, fit, over, data, seed, options)
+    except TdmrError:
+        raise
+    except Exception as err:  # the store failed under us (disk full, server gone)
+        raise _store_error(err, url) from None
+    store = AtomicArtifactStore(str(store_dir))
     cache = None
     if teacher_cache:
         from tdmr_search.pipeline.cache import TeacherCache
 
-        cache = TeacherCache.beside(store_dir.parent / f"{study_name}-cache")
-    objective = Objective(space, fit, data, artifact_store=store, two_objective=two_objective, teacher_cache=cache)
+        cache_dir = store_dir.parent / f"{study_name}-cache"
+        if not cache_dir.exists():
+            created.append(cache_dir)
+        cache = TeacherCache.beside(cache_dir)
+    objective = Objective(space, fit, data, artifact_store=store, two_objective=two_objective, teacher_cache=cache,
+                          stop=lambda: _stop_reason(deadline), store_dir=store_dir)
     callbacks: list[Any] = [lambda s, t: _keep_best_weights(s, store)]
     if progress:
-        callbacks.append(_Progress(n_trials, timeout))
-    if n_trials is not None:
-        callbacks.append(optuna.study.MaxTrialsCallback(
-            n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
-    _interrupt_on_sigterm()
-    finished = _count_finished(study)
-    if n_trials is None or finished < n_trials:
-        todo = None if n_trials is None else n_trials - finished
-        if max_trials_this_process is not None:
-            todo = max_trials_this_process if todo is None else min(todo, max_trials_this_process)
-        study.optimize(objective, n_trials=todo, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks,
-                       gc_after_trial=True)
-    if baselines and not two_objective:
-        _baselines(study, space, data)
-    return summary(study, url, store_dir)
+        callbacks.append(_Progress(n_trials, None if deadline is None else deadline - time.monotonic()))
 
+    def stop_when_done(s: optuna.Study, t: FrozenTrial) -> None:
+        if _stop_reason(deadline) or (n_trials is not None and _count_finished(s) >= n_trials):
+            s.stop()
 
-def _make_artifact_dir(folder: Path) -> Path:
+    callbacks.append(stop_when_done)
+    quiet = _QuietFailedTrials()
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    optuna_log.addFilter(quiet)
+    remove_listener = interrupt.on_request(lambda: _stop_quietly(study))
+    stopped: Interrupted | None = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        finished = _count_finished(study)
+        if (n_trials is None or finished < n_trials) and not _stop_reason(deadline):
+            todo = None if n_trials is None else n_trials - finished
+            if max_trials_this_process is not None:
+                todo = max_trials_this_process if todo is None else min(todo, max_trials_this_process)
+            study.optimize(objective, n_trials=todo, timeout=None if deadline is None else deadline - time.monotonic(),
+                           catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
+        _check_stop(deadline)
+        if baselines and not two_objective:
+            _baselines(study, space, data, deadline, cache)
+    except Interrupted as err:
+        stopped = err
+    except TdmrError:
+        raise
+    except Exception as err:  # the store failed under us (disk full, server gone)
+        raise _store_error(err, url) from None
+    finally:
+        remove_listener()
+        optuna_log.removeFilter(quiet)
+    text = summary(study, url, store_dir)
+    if stopped is not None and interrupt.requested():
+        stopped.summary = text
+        raise stopped
+    if stopped is not None:
+        logger.warning("the --budget deadline passed: %s", stopped)
+    return text
+
+
+def _stop_quietly(study: optuna.Study) -> None:
+    try:
+        study.stop()
+    except RuntimeError:  # not inside optimize: the next check between steps stops the run
+        pass
+
+
+def _store_error(err: BaseException, url: str) -> TdmrError:
+    """One line for an error of the store itself during a run (a full disk, a server gone)."""
+    where = _sqlite_path(url)
+    if is_disk_error(err):
+        return disk_error(err, where if where is not None else redact(url), "study store",
+                          "free space (or choose another --storage); a trial left RUNNING is marked failed by the "
+                          "next run, every finished trial is kept")
+    inner = err
+    while inner.__context__ is not None and isinstance(inner, AssertionError):  # Optuna's "Should not reach."
+        inner = inner.__context__
+    first = str(inner).splitlines()[0] if str(inner) else type(inner).__name__
+    return StudyError(f"The study store {redact(url)!r} failed during the run: {redact(first)[:300]}; every finished "
+                      "trial is kept, run again to resume")
+
+
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's file-system artifact store, writing each file whole (a temporary name, then a rename)."""
+
+    def write(self, artifact_id: str, content_body: Any) -> None:  # noqa: ANN401
+        import shutil
+
+        write_with(os.path.join(self._base_path, artifact_id), lambda fh: shutil.copyfileobj(content_body, fh),
+                   "student weights in the artifact store",
+                   "free space, or choose another --artifacts folder")
+
+
+def _mkdirs_or_fail(folder: Path, created: list[Path], what: str, hint: str) -> None:
+    try:
+        _mkdirs(folder, created)
         if not os.access(folder, os.W_OK):
-            raise PermissionError("not writable")
+            raise PermissionError(errno.EACCES, "Permission denied")
     except OSError as err:
-        raise StudyError(
-            f"Cannot write the artifact store folder {str(folder)!r} ({getattr(err, 'strerror', None) or err}); "
-            "choose a writable --artifacts folder"
-        ) from None
-    return folder
+        raise StudyError(f"Cannot write the {what} ({getattr(err, 'strerror', None) or err}); {hint}") from None
 
 
-def _count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+def _baselines(study: optuna.Study, space: SearchSpace, data: Any, deadline: float | None = None,
+               cache: Any = None) -> None:
+    """Run (or reuse) the scratch and kd baselines for the best trial's student, within the deadline.
 
-
-def _baselines(study: optuna.Study, space: SearchSpace, data: Any) -> None:
-    """Run (or reuse) the scratch and kd baselines for the best trial's student."""
+    ``cache`` (the study's teacher cache) gives kd the teacher's features of the same views the
+    trials distilled on, without another pass over the pool.
+    """
     from tdmr_search.config import config_from_dict
     from tdmr_search.pipeline.run import run_pipeline
 
@@ -440,16 +742,25 @@ def _baselines(study: optuna.Study, space: SearchSpace, data: Any) -> None:
         best = study.best_trial
     except ValueError:
         return
+    if "config" not in best.user_attrs:  # an adopted study's own trial
+        return
     config = config_from_dict(best.user_attrs["config"])
     key = f"{config.student.name}@{config.student.resolution}/proxy{config.reprogram.proxy_dim}/{config.student.projector}"
     done = dict(study.user_attrs.get("baselines", {}))
     if key in done:
         return
+
+    def on_epoch_end(step: int, metrics: dict) -> None:
+        _check_stop(deadline)
+
     results = {}
     for method in ("scratch", "kd"):
+        _check_stop(deadline)
         logger.info("baseline %s for %s", method, key)
         try:
-            m = run_pipeline(config.replace({"method": method}), data=data).metrics
+            m = run_pipeline(config.replace({"method": method}), on_epoch_end, data=data, cache=cache).metrics
+        except Interrupted:
+            raise
         except TdmrError as err:
             results[method] = {"failure_reason": str(err)}
             continue
@@ -550,17 +861,23 @@ def study_status(study_name: str, storage: str | None) -> str:
     return "\n".join(rows)
 
 
-def _run_workers(space_path: str, study_name: str, url: str, budget: str, sampler: str, pruner: str, seed: int,
-                 two_objective: bool, workers: int, gpu_ids: list[str], artifacts: str | None, progress: bool,
-                 baselines: bool, isolate: bool) -> str:
+def _run_workers(space_path: str, study_name: str, url: str, n_trials: int | None, deadline: float | None,
+                 sampler: str, pruner: str, seed: int, two_objective: bool, workers: int, gpu_ids: list[str],
+                 artifacts: str | None, progress: bool, baselines: bool, isolate: bool, options: StoreOptions,
+                 created: list[Path]) -> str:
     """Start ``workers`` processes running this study (Optuna's distributed mode) and wait for them.
 
     With ``isolate`` each process runs one trial and a new one replaces it until the budget is spent.
+    The workers get the storage URL through the environment (``TDMR_STORAGE``), so a password in it
+    never shows on a command line; they run in their own session, and a signal to this process
+    reaches each of them once, forwarded as SIGTERM.
     """
-    n_trials, timeout = parse_budget(budget)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    rdb = open_storage(url, heartbeat=False, wal=True)  # fail early, clearly; create the schema once
-    _interrupt_on_sigterm()
+    path = _sqlite_path(url)
+    if path is not None:
+        _mkdirs_or_fail(path.parent, created, f"study store {str(path)!r}", "choose a writable --storage sqlite:///PATH "
+                        "or a database URL")
+    rdb = open_storage(url, heartbeat=False, wal=True,  # fail early, clearly; create the schema once
+                       allow_other_tables=options.allow_other_tables)
     shares: list[int | None] = [None] * workers
     if n_trials is not None and not isolate:
         # a trial budget is split between the workers, so the study ends with exactly n_trials
@@ -572,10 +889,10 @@ def _run_workers(space_path: str, study_name: str, url: str, budget: str, sample
         shares = [left // workers + (1 if w < left % workers else 0) for w in range(workers)]
 
     def command(worker: int) -> list[str]:
+        budget = str(n_trials) if deadline is None else f"{max(1.0, deadline - time.monotonic()):.0f}s"
         cmd = [sys.executable, "-m", "tdmr_search", "run", "--study", study_name, "--space", space_path,
-               "--storage", url, "--sampler", sampler, "--pruner", pruner, "--seed", str(seed + worker),
-               "--budget", budget if deadline is None else f"{max(1.0, deadline - time.monotonic()):.0f}s",
-               "--no-baselines", "--workers", "1"]
+               "--sampler", sampler, "--pruner", pruner, "--seed", str(seed), "--budget", budget,
+               "--no-baselines", "--workers", "1", "--worker-index", str(worker)]
         if isolate:
             cmd += ["--one-trial"]
         elif shares[worker] is not None:
@@ -586,45 +903,80 @@ def _run_workers(space_path: str, study_name: str, url: str, budget: str, sample
             cmd += ["--artifacts", artifacts]
         if not progress:
             cmd.append("--no-progress")
+        for flag, on in (("--allow-changed-space", options.allow_changed_space), ("--adopt-study", options.adopt_study),
+                         ("--allow-other-tables", options.allow_other_tables)):
+            if on:
+                cmd.append(flag)
         return cmd
 
     def env(worker: int) -> dict[str, str]:
-        e = dict(os.environ)
+        e = dict(os.environ, TDMR_STORAGE=url)
         if gpu_ids:
             e["CUDA_VISIBLE_DEVICES"] = gpu_ids[worker % len(gpu_ids)]
         # share the CPU cores between the workers: oversubscribed OpenMP threads spin and crawl
         e.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         return e
 
-    procs: dict[int, subprocess.Popen] = {
-        w: subprocess.Popen(command(w), env=env(w)) for w in range(workers) if shares[w] != 0
-    }
+    def start(worker: int) -> subprocess.Popen:
+        return subprocess.Popen(command(worker), env=env(worker), start_new_session=True)
+
+    def forward(sig: int) -> None:
+        for p in procs.values():
+            try:
+                p.send_signal(sig)
+            except OSError:  # already gone
+                pass
+
+    procs: dict[int, subprocess.Popen] = {}
     failures = []
+    forwarded = False
     try:
+        for w in range(workers):
+            if shares[w] != 0 and not interrupt.requested():
+                procs[w] = start(w)
         while procs:
+            if interrupt.requested() and not forwarded:
+                forward(signal.SIGTERM)
+                forwarded = True
             for w, p in list(procs.items()):
                 rc = p.poll()
                 if rc is None:
                     continue
                 del procs[w]
-                if rc not in (0,):
+                if rc == 130 and interrupt.requested():
+                    continue
+                if rc != 0:
                     failures.append(f"worker {w} exited with {rc}")
-                if isolate and rc == 0 and not _budget_spent(study_name, url, n_trials, deadline):
-                    procs[w] = subprocess.Popen(command(w), env=env(w))
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+                elif isolate and not interrupt.requested() and not _budget_spent(study_name, url, n_trials, deadline):
+                    procs[w] = start(w)
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # a second signal: stop the workers now
+        forward(signal.SIGTERM)
         for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            p.wait(timeout=60)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
         raise
+    if interrupt.requested():
+        err = Interrupted(f"interrupted by {interrupt.reason()}; the workers closed their running trials")
+        err.summary = summary(load_study(study_name, url), url, artifact_dir(
+            study_name, url if url.startswith("sqlite") else None, artifacts))
+        raise err
     if failures:
         raise StudyError("; ".join(failures) + f"; the study {study_name!r} keeps every finished trial, run again to resume")
     study = load_study(study_name, url)
-    if baselines and not two_objective:
+    store_dir = artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts)
+    if baselines and not two_objective and not _stop_reason(deadline):
         space = load_space(space_path)
-        _baselines(study, space, load_data(space.base.data, space.base.seed))
-    return summary(study, url, artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts))
+        try:
+            _baselines(study, space, load_data(space.base.data, space.base.seed), deadline)
+        except Interrupted as err:
+            if interrupt.requested():
+                err.summary = summary(study, url, store_dir)
+                raise
+            logger.warning("the --budget deadline passed: baselines %s", err)
+    return summary(study, url, store_dir)
 
 
 def _budget_spent(study_name: str, url: str, n_trials: int | None, deadline: float | None) -> bool:

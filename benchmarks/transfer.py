@@ -24,6 +24,13 @@ tuned per method.
 
 ``--transform`` changes TDMR's stage-1 transform only (a side check of why TDMR wins or loses;
 the reported figures use the default).
+
+``--unlabeled N`` adds an unlabelled pool of N train images (DESIGN.md section 7, never their
+labels): ``tdmr`` and ``kd`` then distil on labelled + pool batches for ``--pool-epochs`` passes
+over the pool, ``scratch`` stays labels-only, and ``tdmr-nopool`` / ``kd-nopool`` run the same
+labelled images without the pool (``--stage2-epochs`` passes over them), so the table shows what
+the pool adds on identical labelled splits. The teacher's features of every image go through one
+teacher cache (``--cache``), so kd, probe and every ``resize`` run share one pass over the pool.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from _common import mean_std, parser, setup, stamp, table, write_json
+from _common import RESULTS, mean_std, parser, setup, stamp, table, write_json
 
 METHOD_ORDER = ("tdmr", "scratch", "kd", "probe")
+NOPOOL = ("tdmr-nopool", "kd-nopool")
 
 
 def _ints(text: str) -> list[int]:
@@ -42,9 +50,9 @@ def _ints(text: str) -> list[int]:
 
 def _methods(text: str) -> list[str]:
     out = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in out if m not in METHOD_ORDER]
+    bad = [m for m in out if m not in METHOD_ORDER + NOPOOL]
     if bad:
-        raise SystemExit(f"--methods: unknown {bad}; accepted: {', '.join(METHOD_ORDER)}")
+        raise SystemExit(f"--methods: unknown {bad}; accepted: {', '.join(METHOD_ORDER + NOPOOL)}")
     return out
 
 
@@ -56,6 +64,12 @@ def add_settings(p: Any) -> None:
     p.add_argument("--transform", default="pad", help="TDMR's stage-1 input transform (default pad, with pad 16)")
     p.add_argument("--stage1-epochs", type=int, default=5, help="stage-1 epochs (also the kd/probe linear probe's)")
     p.add_argument("--stage2-epochs", type=int, default=20, help="stage-2 epochs (every method's student)")
+    p.add_argument("--unlabeled", type=int, default=0, help="unlabelled pool size (0: none)")
+    p.add_argument("--views", type=int, default=0, help="augmented views per labelled and pool image")
+    p.add_argument("--mixup", type=int, default=0, help="fixed mixup images added to the distillation inputs")
+    p.add_argument("--pool-epochs", type=int, default=6, help="with a pool: stage-2 passes over the unlabelled inputs")
+    p.add_argument("--feature-loss", default="mse", help="TDMR's feature loss: mse, cosine or cka")
+    p.add_argument("--n-stages", type=int, default=3, help="TDMR's distillation phases")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -70,10 +84,20 @@ def base_config(args: Any, device: str) -> Any:
         "reprogram.transform": args.transform, "reprogram.pad": 16, "reprogram.projector": "linear", "reprogram.proxy_dim": 128,
         "reprogram.epochs": args.stage1_epochs, "reprogram.lr": 3e-3, "reprogram.batch_size": 64,
         "student.name": name, "student.resolution": int(res), "student.projector": "linear",
-        "distill.n_stages": 3, "distill.temperature": 4.0, "distill.temperature_schedule": "constant",
-        "distill.feature_loss": "mse", "distill.epochs": args.stage2_epochs, "distill.lr": 3e-3,
+        "distill.n_stages": args.n_stages, "distill.temperature": 4.0, "distill.temperature_schedule": "constant",
+        "distill.feature_loss": args.feature_loss,
+        "distill.epochs": args.pool_epochs if args.unlabeled else args.stage2_epochs, "distill.lr": 3e-3,
         "distill.weight_decay": 5e-4, "distill.batch_size": 64,
+        "data.unlabeled": args.unlabeled, "data.augment_views": args.views, "data.mixup": args.mixup,
     })
+
+
+def method_config(config: Any, method: str, args: Any) -> Any:
+    """The config of one benchmark method: ``X-nopool`` is X on the labelled images alone."""
+    if method.endswith("-nopool") or method == "scratch":
+        return config.replace({"method": method.split("-")[0], "data.unlabeled": 0, "data.mixup": 0,
+                               "distill.epochs": args.stage2_epochs})
+    return config.replace({"method": method})
 
 
 def compact_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -98,7 +122,7 @@ def summarise(runs: list[dict[str, Any]], shots_list: list[int], methods: list[s
             if curves:
                 out["best_epoch_val_acc"][f"{shots}/{method}"] = {
                     "final": mean_std([c[-1] for c in curves])[0], "max": mean_std([max(c) for c in curves])[0]}
-        for other in ("scratch", "kd", "probe"):
+        for other in ("scratch", "kd", "probe", "tdmr-nopool", "kd-nopool"):
             pairs = []
             for r in runs:
                 if r["shots"] == shots and r["method"] == "tdmr":
@@ -120,11 +144,13 @@ def print_summary(summary: dict[str, Any], shots_list: list[int], methods: list[
         for method in methods:
             s = summary["test_acc"].get(f"{shots}/{method}")
             row.append(f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f} (n={s['n']})" if s else "-")
-        for other in ("scratch", "kd"):
+        others = [o for o in ("scratch", "kd", "probe", "tdmr-nopool") if o in methods]
+        for other in others:
             d = summary["tdmr_minus"].get(f"{shots}/{other}")
             row.append(f"{100 * d['mean']:+.1f} +- {100 * d['std']:.1f} ({d['wins']}/{d['n']} wins)" if d else "-")
         rows.append(row)
-    print(table(rows, ["shots/class", *[f"{m} test %" for m in methods], "tdmr - scratch", "tdmr - kd"]))
+    others = [o for o in ("scratch", "kd", "probe", "tdmr-nopool") if o in methods]
+    print(table(rows, ["shots/class", *[f"{m} test %" for m in methods], *[f"tdmr - {o}" for o in others]]))
     tv_rows = []
     for shots in shots_list:
         row = [shots]
@@ -156,7 +182,7 @@ def report(path: str) -> None:
 
 def _verdicts(summary: dict[str, Any], shots_list: list[int]) -> None:
     for shots in shots_list:
-        for other in ("scratch", "kd"):
+        for other in ("scratch", "kd", "probe", "tdmr-nopool"):
             d = summary["tdmr_minus"].get(f"{shots}/{other}")
             if d:
                 se = d["std"] / d["n"] ** 0.5 if d["n"] > 1 else float("inf")
@@ -175,6 +201,8 @@ def main() -> None:
     p.add_argument("--test-limit", type=int, default=None, help="stratified test subset (default: all 10,000)")
     add_settings(p)
     p.add_argument("--report", metavar="JSON", help="print the tables of an earlier (possibly cut-short) run and exit")
+    p.add_argument("--cache", default=str(RESULTS / "transfer-cache"),
+                   help="teacher cache folder (features and stage-1 outcomes; delete it to measure from cold)")
     args = p.parse_args()
     setup(args)
     if args.report:
@@ -187,15 +215,19 @@ def main() -> None:
     import torch
 
     from tdmr_search.data import load_data
+    from tdmr_search.pipeline.cache import TeacherCache
     from tdmr_search.pipeline.run import deployed_cost, run_pipeline
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     base = base_config(args, device)
     test_note = (f"test accuracy on a stratified {args.test_limit}-image subset of the 10,000 test images"
                  if args.test_limit else "test accuracy on the full 10,000-image test split")
+    cache = TeacherCache(args.cache)
+    pool_note = (f"pool {args.unlabeled} (+{args.views} views, {args.mixup} mixup), {args.pool_epochs} epochs over it; "
+                 if args.unlabeled else "")
     print(f"student {base.student.name}@{base.student.resolution}, teacher {base.teacher.name} at "
           f"{base.teacher.input_size}px (package weights), stage-1 {base.reprogram.transform} {base.reprogram.epochs} ep, stage-2 "
-          f"{base.distill.epochs} ep, device {device}; {test_note}", flush=True)
+          f"{args.stage2_epochs} ep, {pool_note}device {device}; {test_note}; teacher cache {args.cache}", flush=True)
     head = {**stamp(), "benchmark": "transfer", "shots": shots_list, "seeds": seeds, "methods": methods,
             "test_limit": args.test_limit, "test_note": test_note, "settings": base.to_dict()}
     runs: list[dict[str, Any]] = []
@@ -209,7 +241,9 @@ def main() -> None:
                     config, data.channels, data.image_size, data.num_classes)
             for method in methods:
                 t0 = time.perf_counter()
-                result = run_pipeline(config.replace({"method": method}), data=data)
+                mconfig = method_config(config, method, args)
+                mdata = data if mconfig.data.unlabeled or not args.unlabeled else data.without_unlabeled()
+                result = run_pipeline(mconfig, data=mdata, cache=cache)
                 m = result.metrics
                 run = {
                     "shots": shots, "seed": seed, "method": method, "test_acc": m["test_acc"],

@@ -32,18 +32,24 @@ def test_hit_gives_the_same_stage2_result_as_a_miss_and_as_no_cache(tmp_path, ti
             assert torch.equal(v, result.model.state_dict()[k]), k
 
 
-def test_key_depends_on_stage1_settings_only(tiny_config):
-    key = cache_key(tiny_config)
-    assert cache_key(tiny_config.replace({"distill.temperature": 9.0, "student.resolution": 24})) == key
+def test_key_depends_on_stage1_settings_and_the_data_content_only(tiny_config, digits_data):
+    from tdmr_search.data import load_data
+
+    key = cache_key(tiny_config, digits_data)
+    assert cache_key(tiny_config.replace({"distill.temperature": 9.0, "student.resolution": 24}), digits_data) == key
+    assert cache_key(tiny_config.replace({"data.test_limit": 100}), digits_data) == key  # stage 1 never sees test
     for change in ({"reprogram.proxy_dim": 16}, {"reprogram.transform": "conv"}, {"seed": 1},
-                   {"data.shots": 10}, {"teacher.input_size": 48}):
-        assert cache_key(tiny_config.replace(change)) != key, change
+                   {"teacher.input_size": 48}):
+        assert cache_key(tiny_config.replace(change), digits_data) != key, change
+    other = load_data(tiny_config.data.__class__(**{**tiny_config.to_dict()["data"], "shots": 10}), 0)
+    assert cache_key(tiny_config, other) != key
+    assert cache_key(tiny_config, other.without_unlabeled()) == cache_key(tiny_config, other)
 
 
 def test_corrupted_entry_is_recomputed(tmp_path, tiny_config, digits_data):
     cache = TeacherCache(tmp_path)
     first = cache.get_or_compute(tiny_config, digits_data)
-    entry = tmp_path / f"{cache_key(tiny_config)}.joblib"
+    entry = tmp_path / f"{cache_key(tiny_config, digits_data)}.joblib"
     data = bytearray(entry.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum no longer matches
     entry.write_bytes(bytes(data))
@@ -51,7 +57,7 @@ def test_corrupted_entry_is_recomputed(tmp_path, tiny_config, digits_data):
     assert again.cache_hit is False and cache.misses == 2
     assert torch.equal(again.z_train, first.z_train)
     entry.write_bytes(b"not a joblib file")  # and garbage with a fresh checksum file gone
-    (tmp_path / f"{cache_key(tiny_config)}.sha256").unlink()
+    (tmp_path / f"{cache_key(tiny_config, digits_data)}.sha256").unlink()
     assert cache.get_or_compute(tiny_config, digits_data).cache_hit is False
 
 

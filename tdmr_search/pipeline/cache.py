@@ -4,11 +4,11 @@ Two kinds of entry:
 
 - a *stage-1 outcome* (:class:`TeacherSide`): the trained transform, projector and proxy
   classifier, and the proxy features and logits of the train, validation and unlabelled images;
-  keyed by the teacher (name, weights identity), the stage-1 settings, the data selection, the
-  seed and the device type;
+  keyed by the teacher (name, weights identity), the stage-1 settings, the seed, the device type
+  and the data by content (a digest of the images and labels);
 - the frozen teacher's *features* of one split behind the static ``resize`` front end, keyed by
-  the same minus the stage-1 settings: every proxy size and projector of a ``resize`` trial, and
-  the ``kd`` and ``probe`` baselines, reuse one teacher pass over the pool.
+  the teacher, the device type and the images' digest: every proxy size and projector of a
+  ``resize`` trial, and the ``kd`` and ``probe`` baselines, reuse one teacher pass over the pool.
 
 Entries are written atomically under a file lock, so two workers needing the same entry compute
 it once; an entry whose checksum or contents do not match is recomputed, never trusted.
@@ -32,33 +32,48 @@ from tdmr_search.data import TargetData
 from tdmr_search.models.teachers import teacher_identity
 from tdmr_search.pipeline.loop import resolve_device
 
-__all__ = ["TeacherCache", "cache_key"]
+__all__ = ["TeacherCache", "cache_key", "feature_key", "data_digest", "tensor_digest"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = 2
 
 
-def _teacher_and_data(config: PipelineConfig) -> dict:
-    raw = config.to_dict()
+def _teacher(config: PipelineConfig) -> dict:
     return {
         "format": FORMAT,
-        "teacher": raw["teacher"],
+        "teacher": config.to_dict()["teacher"],
         "teacher_identity": teacher_identity(config.teacher),
-        "data": raw["data"],
-        "seed": config.seed,
         "device": resolve_device(config.device).type,
     }
 
 
-def cache_key(config: PipelineConfig) -> str:
-    """The key of the stage-1 outcome of ``config``: what determines it, hashed with joblib."""
-    return joblib.hash({**_teacher_and_data(config), "reprogram": config.to_dict()["reprogram"]})
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's shape, dtype and values: what a cache entry computed from it depends on."""
+    h = hashlib.sha256(f"{tuple(t.shape)} {t.dtype}".encode())
+    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
-def feature_key(config: PipelineConfig, split: str) -> str:
-    """The key of the teacher's ``resize`` features of one split of ``config``'s data."""
-    return joblib.hash({**_teacher_and_data(config), "front_end": "resize", "split": split})
+def data_digest(data: TargetData) -> str:
+    """The digest of everything stage 1 reads: train and val images and labels, unlabelled images."""
+    parts = (data.train.images, data.train.labels, data.val.images, data.val.labels, data.unlabeled)
+    return hashlib.sha256(" ".join(tensor_digest(t) for t in parts).encode()).hexdigest()
+
+
+def cache_key(config: PipelineConfig, data: TargetData) -> str:
+    """The key of the stage-1 outcome of ``config`` on ``data``: what determines it, hashed with joblib.
+
+    The data enter by content (a digest of the images and labels), so two configs that select
+    the same images share an entry and no entry can be read for images it was not computed on.
+    """
+    return joblib.hash({**_teacher(config), "reprogram": config.to_dict()["reprogram"], "seed": config.seed,
+                        "data": data_digest(data)})
+
+
+def feature_key(config: PipelineConfig, images: torch.Tensor) -> str:
+    """The key of the teacher's ``resize`` features of ``images``: the teacher and the pixels."""
+    return joblib.hash({**_teacher(config), "front_end": "resize", "images": tensor_digest(images)})
 
 
 def _sha256(path: Path) -> str:
@@ -118,7 +133,7 @@ class TeacherCache:
 
         ``side.cache_hit`` tells the caller whether it came from the cache.
         """
-        key = cache_key(config)
+        key = cache_key(config, data)
         entry, digest, lock = self._paths(key)
         with open(lock, "a+") as lock_fh:
             fcntl.flock(lock_fh, fcntl.LOCK_EX)  # a second worker waits here, then finds the entry
@@ -145,9 +160,11 @@ class TeacherCache:
             finally:
                 fcntl.flock(lock_fh, fcntl.LOCK_UN)
 
-    def features(self, config: PipelineConfig, split: str, n: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The teacher's ``resize`` features of ``split`` (``n`` images), computed and stored on a miss."""
-        key = feature_key(config, split)
+    def features(self, config: PipelineConfig, split: str, images: torch.Tensor,
+                 compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The teacher's ``resize`` features of ``images`` (the ``split`` named in the log), computed on a miss."""
+        key = feature_key(config, images)
+        n = len(images)
         entry, digest, lock = self._paths(key)
         with open(lock, "a+") as lock_fh:
             fcntl.flock(lock_fh, fcntl.LOCK_EX)

@@ -146,7 +146,7 @@ def teacher_features(config: PipelineConfig, runtime: Runtime, cache: Any = None
     def features(split: str, images: torch.Tensor) -> torch.Tensor:
         if cache is None:
             return compute(images)
-        return cache.features(config, split, len(images), lambda: compute(images))
+        return cache.features(config, split, images, lambda: compute(images))
 
     return features
 

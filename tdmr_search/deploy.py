@@ -27,7 +27,7 @@ import torch.nn as nn
 
 __all__ = [
     "ONNX_FILE", "ONNX_OPSET", "ONNX_INPUT", "ONNX_OUTPUT", "PARITY_TOLERANCE", "model_info", "preprocessing",
-    "onnx_missing", "write_onnx", "onnx_parity", "export_onnx_checked", "parity_images", "write_deployment",
+    "importable", "onnx_missing", "write_onnx", "onnx_parity", "export_onnx_checked", "parity_images", "write_deployment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,19 @@ def model_info(deployed: dict[str, Any], class_names: list[str] | None = None) -
 
 def onnx_missing() -> str | None:
     """None when the ONNX file can be written and checked, else why not (one line)."""
-    absent = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    absent = [name for name in ONNX_PACKAGES if not importable(name)]
     if not absent:
         return None
     return (f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not installed; "
             "pip install 'tdmr-search[onnx]' (or make setup) to get student.onnx")
+
+
+def importable(name: str) -> bool:
+    """Whether the module ``name`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken install, or a module blocked with sys.modules[name] = None
+        return False
 
 
 def write_onnx(model: nn.Module, path: str | Path, in_chans: int, image_size: int) -> Path:

@@ -11,7 +11,6 @@ through PyTorch. A file that cannot be read is reported in its row; the others a
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import logging
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tdmr_search.deploy import ONNX_FILE
+from tdmr_search.deploy import ONNX_FILE, importable
 from tdmr_search.errors import ModelError, TdmrError
 
 __all__ = ["Prediction", "Predictions", "predict", "load_image", "image_files", "IMAGE_SUFFIXES"]
@@ -127,7 +126,7 @@ class _Model:
         if backend == "onnx" and not onnx_path.is_file():
             raise ModelError(f"{str(folder)!r} holds no {ONNX_FILE}; export the model again with the onnx extra "
                              "installed, or use --backend torch")
-        if use_onnx and importlib.util.find_spec("onnxruntime") is None:
+        if use_onnx and not importable("onnxruntime"):
             if backend == "onnx":
                 raise ModelError("onnxruntime is not installed; pip install 'tdmr-search[onnx]' or use --backend torch")
             logger.warning("%s is there but onnxruntime is not installed; predicting with PyTorch", ONNX_FILE)

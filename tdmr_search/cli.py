@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tdmr_search import __version__, progress
 from tdmr_search.console import Console
-from tdmr_search.errors import TdmrError
+from tdmr_search.errors import Interrupted, TdmrError
 
 __all__ = ["main"]
 
@@ -56,22 +56,28 @@ def _check_writable(out: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import optuna
+    from tdmr_search.search.interrupt import stop_on_signals
 
-    from tdmr_search.search.study import run_search
+    with stop_on_signals():  # from here on a signal only sets a flag: the search stops between steps
+        import optuna
 
-    if not args.debug:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line replaces Optuna's
+        from tdmr_search.search.study import StoreOptions, run_search
 
-    summary = run_search(
-        space_path=args.space, study_name=args.study, storage=args.storage, budget=args.budget,
-        sampler=args.sampler, pruner=args.pruner, seed=args.seed, two_objective=args.two_objective,
-        workers=args.workers, gpus=args.gpus, artifacts=args.artifacts, progress=not args.no_progress,
-        baselines=not args.no_baselines, isolate=args.isolate, teacher_cache=not args.no_cache,
-        one_trial=args.one_trial, trials_here=args.trials_here,
-    )
+        if not args.debug:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line replaces Optuna's
+
+        summary = run_search(
+            space_path=args.space, study_name=args.study, storage=args.storage, budget=args.budget,
+            sampler=args.sampler, pruner=args.pruner, seed=args.seed, two_objective=args.two_objective,
+            workers=args.workers, gpus=args.gpus, artifacts=args.artifacts, progress=not args.no_progress,
+            baselines=not args.no_baselines, isolate=args.isolate, teacher_cache=not args.no_cache,
+            one_trial=args.one_trial, trials_here=args.trials_here,
+            options=StoreOptions(allow_changed_space=args.allow_changed_space, adopt_study=args.adopt_study,
+                                 allow_other_tables=args.allow_other_tables),
+        )
     progress.finish()  # the status line goes before the summary
-    print(summary)
+    if args.worker_index is None:  # the process that started the workers prints the one summary
+        print(summary)
     return 0
 
 
@@ -125,7 +131,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="SQLAlchemy URL of the study store (default sqlite:///studies/<study>.db)")
+    p.add_argument("--storage", default=os.environ.get("TDMR_STORAGE") or None,
+                   help="SQLAlchemy URL of the study store (default $TDMR_STORAGE, else sqlite:///studies/<study>.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", required=True, help="a duration (90s, 30m, 2h) or a number of trials (20)")
     _storage_arg(p)
     p.add_argument("--sampler", default="tpe", help="tpe (default), random, gp, nsga2")
-    p.add_argument("--pruner", default="hyperband", help="hyperband (default), median, halving, none")
+    p.add_argument("--pruner", default="auto",
+                   help="auto (default: median with patience for tens of trials, hyperband from 200), median, "
+                        "halving, hyperband, none")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--two-objective", action="store_true", help="maximise val accuracy and minimise FLOPs")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
@@ -174,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not share stage-1 outcomes through the teacher cache")
     p.add_argument("--one-trial", action="store_true", help=argparse.SUPPRESS)  # what --isolate workers run
     p.add_argument("--trials-here", type=int, help=argparse.SUPPRESS)  # a worker's share of a trial budget
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # a worker started by --workers/--isolate
+    p.add_argument("--allow-changed-space", action="store_true",
+                   help="resume although the space or data changed (recorded in the study)")
+    p.add_argument("--adopt-study", action="store_true", help="add trials to a study tdmr-search did not create")
+    p.add_argument("--allow-other-tables", action="store_true",
+                   help="add the study store to a database that holds other tables")
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("validate", help="check a search space and list the students that fit its FLOPs cap")
@@ -228,13 +243,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with progress.listen(console):  # the status line comes down before any result or error line
             return int(args.handler(args))
+    except Interrupted as err:  # a signal stopped the search between steps; the running trial is closed
+        if getattr(args, "worker_index", None) is None:
+            if err.summary:
+                print(err.summary)
+            print(f"tdmr-search {args.command}: {_one_line(str(err))}; run the same command again to resume",
+                  file=sys.stderr)
+        return 130
     except TdmrError as err:
         if args.debug:
             raise
         print(f"tdmr-search {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tdmr-search {args.command}: interrupted", file=sys.stderr)
+        if getattr(args, "worker_index", None) is None:
+            print(f"tdmr-search {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -20,7 +20,8 @@ from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
 from tdmr_search.errors import DiskError, Interrupted, TdmrError, TrialFailed
 from tdmr_search.fsio import disk_error, is_disk_error
-from tdmr_search.pipeline.run import MODEL_FILE, deployed_cost, run_pipeline
+from tdmr_search.pipeline.run import MODEL_FILE, Reference, deployed_cost, reference_labels, run_pipeline
+from tdmr_search.search.pruning import SIGNAL_NO_POOL, pruning_signal
 from tdmr_search.search.space import STUDENT_PARAM, SearchSpace, StudentChoice
 
 __all__ = ["Objective", "sample_overrides"]
@@ -79,6 +80,23 @@ class Objective:
         self.teacher_cache = teacher_cache
         self.stop = stop or (lambda: None)
         self.store_dir = store_dir
+        self._reference: list[Reference | None] = []
+
+    @property
+    def reference(self) -> Reference | None:
+        """The fixed reference of the pruning signal (None without a pool), computed once per process.
+
+        It depends only on the space's base config and the data (the linear probe on the frozen
+        teacher's cached features), so every trial and worker of the study shares it.
+        """
+        if not self._reference:
+            self._reference.append(reference_labels(self.space.base, self.data, self.teacher_cache))
+        return self._reference[0]
+
+    @property
+    def signal(self) -> str:
+        """What the intermediate values of this study's trials are."""
+        return self.reference.description if self.reference is not None else SIGNAL_NO_POOL
 
     def _check_stop(self) -> None:
         why = self.stop()
@@ -112,7 +130,7 @@ class Objective:
                     raise TrialFailed(f"the student costs {flops:.0f} FLOPs, over the cap {cap:.0f}")
             gate_seconds = time.perf_counter() - start
             result = run_pipeline(config, self._callback(trial), data=data,
-                                  teacher_side=self._teacher_side(config, data, trial))
+                                  teacher_side=self._teacher_side(config, data, trial), reference=self.reference)
         except optuna.TrialPruned:
             raise
         except (Interrupted, KeyboardInterrupt) as err:  # Optuna closes the trial as failed; it stops the run
@@ -170,6 +188,7 @@ class Objective:
 
     def _callback(self, trial: optuna.Trial):  # noqa: ANN202
         curve: list[float] = []
+        signal: list[float] = []
         stage1: dict[str, float] = {}
 
         def on_epoch_end(step: int, metrics: dict) -> None:
@@ -181,14 +200,17 @@ class Objective:
                 return
             curve.append(float(metrics["val_acc"]))
             trial.set_user_attr("val_curve", curve)
+            signal.append(pruning_signal(metrics))
+            trial.set_user_attr("signal_curve", signal)
             if self.two_objective:
                 return  # Optuna prunes single-objective studies only
-            trial.report(float(metrics["val_acc"]), step)
+            trial.report(signal[-1], step)  # the low-noise signal; val_acc stays the objective
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", step)
                 seconds = {**stage1, **(trial.user_attrs.get("seconds") or {}), "stage2": round(metrics["seconds"], 3)}
                 trial.set_user_attr("seconds", seconds)
-                raise optuna.TrialPruned(f"pruned after stage-2 epoch {step + 1} at val_acc {metrics['val_acc']:.4f}")
+                raise optuna.TrialPruned(f"pruned after stage-2 epoch {step + 1} at signal {signal[-1]:.4f} "
+                                         f"(val_acc {metrics['val_acc']:.4f})")
 
         return on_epoch_end
 

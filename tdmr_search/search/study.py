@@ -36,6 +36,7 @@ from tdmr_search.registry import closest
 from tdmr_search.search import fingerprint as fp
 from tdmr_search.search import interrupt
 from tdmr_search.search.objective import KEEP_WEIGHTS, Objective
+from tdmr_search.search.pruning import choose_pruner, make_pruner
 from tdmr_search.search.secrets import redact
 from tdmr_search.search.seeding import PerTrialSeedSampler
 from tdmr_search.search.space import SearchSpace, feasible_students, load_space, require_feasible
@@ -234,7 +235,6 @@ def parse_budget(text: str | int) -> tuple[int | None, float | None]:
 
 
 SAMPLERS = ("tpe", "random", "gp", "nsga2")
-PRUNERS = ("hyperband", "median", "halving", "none")
 
 
 def make_sampler(name: str, seed: int, two_objective: bool) -> optuna.samplers.BaseSampler:
@@ -257,22 +257,13 @@ def _make_sampler(name: str, seed: int, two_objective: bool) -> optuna.samplers.
     raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}{_did_you_mean(name, SAMPLERS)}")
 
 
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
-    """A pruner by name over stage-2 epochs: hyperband (default), median, halving, none."""
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, max_epochs // 5))
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}{_did_you_mean(name, PRUNERS)}")
+def small_validation_note(n_val: int, pruner: str, two_objective: bool = False, pool: int = 0) -> str | None:
+    """A warning when pruning would decide on a validation split where one image is over a point.
 
-
-def small_validation_note(n_val: int, pruner: str, two_objective: bool = False) -> str | None:
-    """A warning when pruning would decide on a validation split where one image is over a point."""
-    if pruner == "none" or two_objective or n_val >= 100:
+    With an unlabelled pool the pruner hears the agreement with the reference teacher over up to
+    1,000 pool images instead, and there is nothing to warn about.
+    """
+    if pruner == "none" or two_objective or n_val >= 100 or pool >= 100:
         return None
     return (f"the validation split has {n_val} images (one image = {100 / max(n_val, 1):.1f} accuracy points): "
             f"early-epoch accuracies barely rank trials, so the {pruner} pruner may stop slow starters that "
@@ -381,7 +372,7 @@ class StoreOptions:
 
 
 def run_search(space_path: str, study_name: str, storage: str | None, budget: str, sampler: str = "tpe",
-               pruner: str = "hyperband", seed: int = 0, two_objective: bool = False, workers: int = 1,
+               pruner: str = "auto", seed: int = 0, two_objective: bool = False, workers: int = 1,
                gpus: str | None = None, artifacts: str | None = None, progress: bool = True,
                baselines: bool = True, isolate: bool = False, teacher_cache: bool = True,
                one_trial: bool = False, trials_here: int | None = None,
@@ -399,7 +390,8 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
         budget: Number of finished trials the study should hold, or a duration for this run (a
             deadline for everything it does, baselines included).
         sampler: tpe, random, gp or nsga2.
-        pruner: hyperband, median, halving or none.
+        pruner: auto (chosen by the budget: see :func:`~tdmr_search.search.pruning.choose_pruner`),
+            median, halving, hyperband or none.
         seed: Sampler seed; each trial's sampler seed derives from it and the trial number.
         two_objective: Maximise val_acc and minimise FLOPs (Pareto front; no pruning).
         workers: Worker processes sharing the study.
@@ -420,7 +412,10 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
         deadline = None if timeout is None else start + timeout
         space = load_space(space_path)
         make_sampler(sampler, seed, two_objective)
+        pruner, why = choose_pruner(pruner, n_trials, two_objective)
         make_pruner(pruner, space.base.distill.epochs)
+        if not one_trial and trials_here is None:  # the run the user started, not one of its workers
+            logger.info("pruner: %s (%s)", pruner, why)
         url = storage or default_storage(study_name)
         check_url(url)
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus is not None else []
@@ -613,7 +608,7 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
     _check_stop(None)
     fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
     require_feasible(space, fit, over)
-    note = small_validation_note(len(data.val), pruner, two_objective)
+    note = small_validation_note(len(data.val), pruner, two_objective, data.pool_size)
     if note:
         logger.warning(note)
     _check_stop(None)
@@ -643,6 +638,10 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
         cache = TeacherCache.beside(cache_dir)
     objective = Objective(space, fit, data, artifact_store=store, two_objective=two_objective, teacher_cache=cache,
                           stop=lambda: _stop_reason(deadline), store_dir=store_dir)
+    signal = (f"the pruning signal, after every stage-2 epoch: {objective.signal}; validation accuracy is the "
+              "objective (val_curve)")
+    if not two_objective and study.user_attrs.get("intermediate_values") != signal:
+        study.set_user_attr("intermediate_values", signal)
     callbacks: list[Any] = [lambda s, t: _keep_best_weights(s, store)]
     if progress:
         callbacks.append(_Progress(n_trials, None if deadline is None else deadline - time.monotonic()))
@@ -839,8 +838,8 @@ def study_status(study_name: str, storage: str | None) -> str:
             return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "-"
 
         val = a.get("val_acc")
-        if t.state == TrialState.PRUNED and t.intermediate_values:
-            val = t.intermediate_values[max(t.intermediate_values)]
+        if t.state == TrialState.PRUNED:  # its last validation accuracy (the intermediate values are the signal)
+            val = (a.get("val_curve") or [None])[-1]
         note = a.get("failure_reason") or ("cached teacher" if a.get("teacher_cached") else "")
         if t.state == TrialState.PRUNED:
             note = f"pruned at epoch {max(t.intermediate_values) + 1 if t.intermediate_values else '?'}"

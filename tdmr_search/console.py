@@ -84,7 +84,7 @@ class Console(logging.Handler):
     # -- logging ---------------------------------------------------------------------------------
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            text = self.format(record).rstrip()  # Python warnings end with a newline of their own
             with self.lock:  # type: ignore[union-attr]
                 stream = self._stream()
                 self._clear(stream)

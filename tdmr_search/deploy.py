@@ -13,9 +13,9 @@ This module sits beside ``models``: it imports no pipeline, search or optuna cod
 from __future__ import annotations
 
 import contextlib
-import json
 import importlib.util
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -266,17 +266,32 @@ def write_deployment(folder: str | Path, config: Any, deployed: dict[str, Any], 
     Returns:
         The ``model.json`` contents; its ``onnx`` entry holds the parity figures or why there is no file.
     """
+    from tdmr_search.errors import ModelError
+
     folder = Path(folder)
     num_classes = int(deployed.get("num_classes") or 0)
     images, images_from, names = parity_images(config, num_classes, data)
+    deployed = dict(deployed)  # older runs recorded less: fill it from the config and the data
+    deployed.setdefault("student", config.student.name)
+    deployed.setdefault("resolution", config.student.resolution)
+    deployed.setdefault("proxy_dim", config.reprogram.proxy_dim)
+    if images is not None:
+        deployed.setdefault("in_chans", int(images.shape[1]))
+        deployed.setdefault("image_size", int(images.shape[-1]))
+    if names and not deployed.get("num_classes"):
+        deployed["num_classes"] = len(names)
+    missing = [k for k in ("in_chans", "image_size", "num_classes") if not deployed.get(k)]
+    if missing:
+        raise ModelError(f"The run records no {', '.join(missing)} of its model and its data cannot be read "
+                         f"({images_from}); export it where its dataset {config.data.dataset!r} is readable")
     info = model_info(deployed, names)
     if model is None:
         model = _rebuild(folder, config, info)
-    missing = onnx_missing()
-    if missing:
+    absent = onnx_missing()
+    if absent:
         (folder / ONNX_FILE).unlink(missing_ok=True)
-        _say_once(f"export skipped student.onnx: {missing}")
-        info["onnx"] = {"file": None, "reason": f"skipped: {missing}"}
+        _say_once(f"export skipped student.onnx: {absent}")
+        info["onnx"] = {"file": None, "reason": f"skipped: {absent}"}
     else:
         if images is None:
             images = torch.rand(PARITY_IMAGES, int(info["in_chans"]), int(info["image_size"]), int(info["image_size"]),

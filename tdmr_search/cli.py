@@ -99,7 +99,7 @@ def _export(args: argparse.Namespace) -> int:
     from tdmr_search.export import export
 
     which = "best" if args.best else "pareto" if args.pareto else args.trial
-    for folder in export(args.study, args.storage, which, args.out, artifacts=args.artifacts):
+    for folder in export(args.study, args.storage, which, args.out, artifacts=args.artifacts, force=args.force):
         print(folder)
     return 0
 
@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--best", action="store_true", help="the best trial")
     which.add_argument("--trial", type=int, help="trial number N")
     which.add_argument("--pareto", action="store_true", help="every trial on the accuracy/FLOPs Pareto front")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty, unless --force)")
     p.add_argument("--artifacts", help="folder of the artifact store (default beside the study)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing files of the same names")
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("report", help="an HTML report of a study (plotly)")

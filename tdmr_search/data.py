@@ -199,11 +199,31 @@ def _pil_loader(dataset: object, size: int):
 
     samples = getattr(dataset, "samples", None)
 
+    def to_rgb(image: Image.Image) -> Image.Image:
+        # 16- and 32-bit greyscale ("I;16", "I") and float ("F") images scaled to 8 bits by their depth:
+        # Pillow's convert("RGB") would clip every value above 255 to white
+        if image.mode.startswith("I"):
+            a = np.asarray(image).astype(np.float64)
+            deep = image.mode.startswith("I;16") or image.format == "PNG" or (a.size and a.max() > 255)
+            image = Image.fromarray(np.clip(np.rint(a * (255.0 / 65535.0 if deep else 1.0)), 0, 255).astype(np.uint8))
+        elif image.mode == "F":
+            a = np.asarray(image, dtype=np.float64)
+            scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+            image = Image.fromarray(np.clip(np.rint(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8))
+        return image.convert("RGB")
+
+    def read(i: int) -> object:
+        if samples is not None and getattr(dataset, "transform", None) is None:
+            with Image.open(samples[i][0]) as im:  # the file itself: the default loader clips deep images
+                im.load()
+                return im
+        return dataset[i][0]
+
     def load(indices: np.ndarray) -> np.ndarray:
         out = []
         for i in indices:
             try:
-                image = dataset[int(i)][0]
+                image = read(int(i))
             except (OSError, ValueError) as err:
                 where = f"file {samples[int(i)][0]!r}" if samples is not None else f"{int(i)} of the dataset"
                 reason = "cannot identify image file" if isinstance(err, UnidentifiedImageError) else str(err)
@@ -213,7 +233,7 @@ def _pil_loader(dataset: object, size: int):
                 ) from None
             if not isinstance(image, Image.Image):
                 image = Image.fromarray(np.asarray(image))
-            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            image = to_rgb(image).resize((size, size), Image.BILINEAR)
             out.append(np.asarray(image, dtype=np.uint8))
         return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from tdmr_search import __version__
 from tdmr_search.config import config_from_dict, dump_config, format_flops
 from tdmr_search.deploy import write_deployment
 from tdmr_search.errors import StudyError
+from tdmr_search.fsio import disk_error, is_disk_error
 from tdmr_search.pipeline.run import MODEL_FILE
 from tdmr_search.search.objective import KEEP_WEIGHTS
 from tdmr_search.search.secrets import redact
@@ -34,12 +39,20 @@ METRIC_KEYS = ("val_acc", "test_acc", "teacher_val_acc", "flops", "params", "sec
 
 
 def export(study_name: str, storage: str | None, which: str | int, out: str | Path,
-           artifacts: str | None = None) -> list[Path]:
+           artifacts: str | None = None, force: bool = False) -> list[Path]:
     """Export the best trial (``'best'``), the Pareto front (``'pareto'``) or trial number ``which``.
+
+    Everything is written to a temporary folder beside ``out`` first and moved into ``out`` only
+    once complete, so a full disk or a missing artifact leaves ``out`` as it was.
+
+    Args:
+        force: Write into a non-empty ``out``, replacing the files of the same names.
 
     Returns:
         The folders written (one per trial; under ``out/trial-N`` when several).
     """
+    out = Path(out)
+    _check_out(out, force)
     study = load_study(study_name, storage)
     if which == "best":
         if len(study.directions) != 1:
@@ -60,12 +73,51 @@ def export(study_name: str, storage: str | None, which: str | int, out: str | Pa
             )
     store_dir = artifact_dir(study_name, storage, artifacts)
     store = FileSystemArtifactStore(str(store_dir))
-    out = Path(out)
-    folders = []
-    for t in trials:
-        folder = out if len(trials) == 1 else out / f"trial-{t.number}"
-        folders.append(export_trial(study, t, folder, store, store_dir=store_dir))
-    return folders
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export-tmp", dir=out.parent))
+    except OSError as err:
+        raise StudyError(
+            f"Cannot write the export folder {str(out)!r}: {err.strerror}; choose a writable --out folder"
+        ) from None
+    try:
+        for t in trials:
+            export_trial(study, t, staging if len(trials) == 1 else staging / f"trial-{t.number}", store,
+                         store_dir=store_dir)
+        return _move_into(staging, out, [f"trial-{t.number}" for t in trials] if len(trials) > 1 else [])
+    except OSError as err:
+        where = str(getattr(err, "filename", None) or out).replace(str(staging), str(out))
+        if is_disk_error(err):
+            raise disk_error(err, where, "export file", "free space or choose another --out folder") from None
+        raise StudyError(f"Cannot write the export file {where!r}: {err.strerror or err}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, or a folder with files in it (unless ``force``)."""
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"Cannot write the export folder {str(out)!r}: it is a file; choose a folder for --out")
+    if out.is_dir() and not force:
+        try:
+            names = sorted(p.name for p in out.iterdir())
+        except OSError as err:
+            raise StudyError(f"Cannot read the export folder {str(out)!r}: {err.strerror}") from None
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            raise StudyError(
+                f"The export folder {str(out)!r} is not empty (it holds {shown}); choose an empty or new --out "
+                "folder, or pass --force to replace the files of the same names"
+            )
+
+
+def _move_into(staging: Path, out: Path, subfolders: list[str]) -> list[Path]:
+    """Move every file of ``staging`` to the same place under ``out`` (renames on one file system)."""
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        dst = out / src.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    return [out / name for name in subfolders] or [out]
 
 
 def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystemArtifactStore,
@@ -91,7 +143,7 @@ def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystem
                          "on its exported config")
     try:
         download_artifact(artifact_store=store, file_path=str(weights), artifact_id=artifact_id)
-    except Exception:
+    except ArtifactNotFound:  # not an OSError writing the copy (a full disk): that one is raised as it is
         weights.unlink(missing_ok=True)
         where = f" {str(store_dir)!r}" if store_dir is not None else ""
         raise StudyError(

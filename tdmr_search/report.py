@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tdmr_search import __version__
 from tdmr_search.config import format_flops
 from tdmr_search.errors import StudyError
+from tdmr_search.fsio import write_text
 from tdmr_search.search.secrets import redact
 
 if TYPE_CHECKING:
@@ -536,13 +537,7 @@ def write_report(study_name: str, storage: str | None, out: str | Path) -> str:
     study = load_study(study_name, storage)
     page = render_report(study, storage or default_storage(study_name))
     path = Path(out)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page, encoding="utf-8")
-    except OSError as err:
-        raise StudyError(
-            f"Cannot write the report {str(path)!r} ({getattr(err, 'strerror', None) or err}); choose a writable --out"
-        ) from None
+    write_text(path, page, "report", "choose a writable --out")  # whole or not at all: no half-written page
     n = len(study.get_trials(deepcopy=False))
     logger.debug("report of study %r written to %s", study_name, path)
     return f"report of study {study_name!r} ({n} trials) written to {path} ({path.stat().st_size / 1e6:.1f} MB)"

@@ -102,7 +102,7 @@ class Console(logging.Handler):
             self._redraw()
         self._start_ticker()
 
-    def task(self, label: str, done: int, total: int | None, note: str) -> None:
+    def task(self, label: str, done: int, total: int | None, note: str, plain: bool = False) -> None:
         now = time.monotonic()
         with self.lock:  # type: ignore[union-attr]
             if total is not None and done >= total:
@@ -110,7 +110,8 @@ class Console(logging.Handler):
             else:
                 first, last_plain = self._tasks.get(label, (0, None, "", now, now))[3:]
                 self._tasks[label] = (done, total, note, first, last_plain)
-                if not self.bar and now - first >= PLAIN_TASK_SECONDS and now - last_plain >= PLAIN_TASK_SECONDS:
+                if (plain and not self.bar and now - first >= PLAIN_TASK_SECONDS
+                        and now - last_plain >= PLAIN_TASK_SECONDS):
                     self._tasks[label] = (done, total, note, first, now)
                     stream = self._stream()
                     stream.write(f"{time.strftime('%H:%M:%S')} {label}: {self._count(done, total, note)}\n")

@@ -3,11 +3,12 @@
 Library code reports and never draws or prints:
 
 - :func:`budget`: how much of a search budget is spent (trials, or seconds of a time budget).
-- :func:`task`: a step of a named piece of work (``"trial 4"``, ``"distill epoch 3/12"``).
+- :func:`task`: a step of a named piece of work (``"trial 4"``: ``"distill epoch 3/12"``), for
+  the status line only unless ``plain``.
 - :func:`track`: wraps a long loop, e.g. a teacher pass over thousands of pool images, and
   reports each step as a :func:`task`; it costs one function call per step when nobody listens.
 
-A listener has ``budget(done, total, unit, note)`` and ``task(label, done, total, note)``
+A listener has ``budget(done, total, unit, note)`` and ``task(label, done, total, note, plain)``
 methods; :func:`listen` installs one for a ``with`` block. This module imports nothing heavy,
 so every layer may report through it.
 """
@@ -32,8 +33,11 @@ class Listener(Protocol):
     def budget(self, done: float, total: float | None, unit: str, note: str) -> None:
         """``done`` of ``total`` ``unit`` ('trials' or 'seconds') spent; ``note``: e.g. the best value so far."""
 
-    def task(self, label: str, done: int, total: int | None, note: str) -> None:
-        """Step ``done`` of ``total`` of the work ``label``; ``done == total`` ends it."""
+    def task(self, label: str, done: int, total: int | None, note: str, plain: bool) -> None:
+        """Step ``done`` of ``total`` of the work ``label``; ``done == total`` ends it.
+
+        ``plain``: worth a plain line now and then where there is no status line (a long pass).
+        """
 
 
 _listeners: list[Listener] = []
@@ -66,14 +70,19 @@ def budget(done: float, total: float | None, unit: str = "trials", note: str = "
         _tell("budget", done, total, unit, note)
 
 
-def task(label: str, done: int, total: int | None = None, note: str = "") -> None:
-    """Report step ``done`` of ``total`` of the work called ``label`` (``done == total`` ends it)."""
+def task(label: str, done: int, total: int | None = None, note: str = "", plain: bool = False) -> None:
+    """Report step ``done`` of ``total`` of the work called ``label`` (``done == total`` ends it).
+
+    ``plain``: also worth a plain line now and then in a log file (long work), not only on the status line.
+    """
     if _listeners:
-        _tell("task", label, done, total, note)
+        _tell("task", label, done, total, note, plain)
 
 
 def track(items: Iterable[T], total: int | None = None, label: str = "working", unit: str = "") -> Iterator[T]:
-    """Yield ``items``, reporting each one as a step of ``label`` (``unit`` names the steps, e.g. 'images').
+    """Yield ``items``, reporting each one as a step of ``label`` (``unit`` names the steps, e.g. 'batches').
+
+    Long passes are worth a plain line in a log file too (``plain``), not only the status line.
 
     ``total`` defaults to ``len(items)`` when it has one. Example::
 
@@ -87,10 +96,10 @@ def track(items: Iterable[T], total: int | None = None, label: str = "working", 
         for item in items:
             yield item
             done += 1
-            task(label, done, total, unit)
+            task(label, done, total, unit, True)
     finally:
         if total is None or done < total:
-            task(label, total if total is not None else done, total if total is not None else done, unit)
+            task(label, total if total is not None else done, total if total is not None else done, unit, True)
 
 
 def finish() -> None:

@@ -274,6 +274,7 @@ def test_status_line_without_a_terminal_degrades_to_plain_lines(monkeypatch):
     try:
         with progress.listen(handler):
             progress.budget(1, 3, "trials", "best 0.5000 (trial 0)")
+            progress.task("trial 1 (test_resnet@16)", 2, 4, "distill epochs")  # status line only
             for _ in progress.track(range(4), label="teacher pass (pool)", unit="batches"):
                 pass
             log.info("trial 1 COMPLETE 0.5000")
@@ -284,7 +285,7 @@ def test_status_line_without_a_terminal_degrades_to_plain_lines(monkeypatch):
     out = stream.getvalue()
     assert "\r" not in out and "\x1b" not in out and "[#" not in out
     assert "teacher pass (pool): 1/4 batches (25%)" in out and "trial 1 COMPLETE 0.5000" in out
-    assert "distill epoch" not in out  # INFO lines of the pipeline show only with -v
+    assert "distill epoch" not in out  # INFO lines of the pipeline show only with -v; a trial's epochs only on a bar
     assert all(re.match(r"^\d\d:\d\d:\d\d ", line) for line in out.splitlines())
     handler.bar = True  # what a terminal would show
     progress_line = handler.status()

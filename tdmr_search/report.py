@@ -86,6 +86,14 @@ def _maximize(source: StudyOrTrials) -> bool:
     return True
 
 
+def _last_val_acc(t: FrozenTrial) -> float | None:
+    """A pruned trial's last validation accuracy (its curve; older studies: its last intermediate value)."""
+    curve = t.user_attrs.get("val_curve") or []
+    if curve:
+        return _number(curve[-1])
+    return _number(t.intermediate_values[max(t.intermediate_values)]) if t.intermediate_values else None
+
+
 def _number(value: Any) -> float | None:
     """``value`` as a finite float, else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -130,8 +138,8 @@ def history_table(source: StudyOrTrials) -> list[dict[str, Any]]:
             value = _number(t.values[0]) if t.values else None
             if value is not None and (best is None or (value > best if maximize else value < best)):
                 best = value
-        elif t.state == TrialState.PRUNED and t.intermediate_values:
-            value = _number(t.intermediate_values[max(t.intermediate_values)])
+        elif t.state == TrialState.PRUNED:
+            value = _last_val_acc(t)
         rows.append({"number": t.number, "state": t.state.name, "value": value, "best_so_far": best})
     return rows
 
@@ -191,17 +199,17 @@ def pareto_table(source: StudyOrTrials) -> list[dict[str, Any]]:
 def curves_table(source: StudyOrTrials) -> list[dict[str, Any]]:
     """Per trial, the student's validation accuracy after each stage-2 epoch, with the trial's state.
 
-    Read from the intermediate values (what the pruner saw); two-objective studies report none, so
-    the ``val_curve`` user attr is used there. Trials with no epoch at all are left out.
+    Read from the ``val_curve`` user attr (the intermediate values are the pruning signal, see the
+    study's ``intermediate_values`` attr); studies from before that fall back to the intermediate
+    values. Trials with no epoch at all are left out.
     """
     rows = []
     for t in sorted(_trials(source), key=lambda t: t.number):
-        if t.intermediate_values:
+        accs = list(t.user_attrs.get("val_curve") or [])
+        epochs = list(range(len(accs)))
+        if not accs and t.intermediate_values:
             epochs = sorted(t.intermediate_values)
             accs = [t.intermediate_values[e] for e in epochs]
-        else:
-            accs = list(t.user_attrs.get("val_curve") or [])
-            epochs = list(range(len(accs)))
         if not accs:
             continue
         rows.append({"number": t.number, "state": t.state.name, "epoch": [int(e) for e in epochs],
@@ -452,7 +460,7 @@ def _trial_rows(study: optuna.Study) -> str:
         val = _val_acc(t) if t.state == TrialState.COMPLETE else None
         if t.state == TrialState.PRUNED and t.intermediate_values:
             last = max(t.intermediate_values)
-            val = t.intermediate_values[last]
+            val = _last_val_acc(t)
             note = f"pruned after epoch {last + 1}"
         cells = [t.number, t.state.name.lower(), _fmt(val), _fmt(a.get("test_acc")), _fmt(a.get("teacher_val_acc")),
                  format_flops(a["flops"]) if _number(a.get("flops")) else "-", _student(t), rp.get("transform", "-"),

@@ -32,8 +32,10 @@ def test_store_reads_with_plain_optuna(smoke_study):
     assert finished, [t.user_attrs.get("failure_reason") for t in trials]
     for t in finished:
         assert "student" in t.params and "reprogram.transform" in t.params
-        assert t.intermediate_values, "stage-2 val acc is reported every epoch"
-        assert all(0.0 <= v <= 1.0 for v in t.intermediate_values.values())
+        assert t.intermediate_values, "the pruning signal is reported every stage-2 epoch"
+        # no pool in the smoke space: the signal is the negative validation log-loss
+        assert all(v <= 0.0 for v in t.intermediate_values.values())
+        assert [t.intermediate_values[e] for e in sorted(t.intermediate_values)] == t.user_attrs["signal_curve"]
         a = t.user_attrs
         for key in ("config", "flops", "params", "val_curve"):
             assert key in a, key
@@ -46,8 +48,10 @@ def test_store_reads_with_plain_optuna(smoke_study):
         assert t.value == pytest.approx(a["val_acc"])
         assert {"stage1", "stage2", "eval"} <= set(a["seconds"])
     attrs = study.user_attrs
-    for key in ("base_config", "space", "max_flops", "tdmr_search_version", "feasible_students", "description"):
+    for key in ("base_config", "space", "max_flops", "tdmr_search_version", "feasible_students", "description",
+                "intermediate_values"):
         assert key in attrs, key
+    assert "negative validation cross-entropy" in attrs["intermediate_values"]
     assert attrs["max_flops"] == 2e6
     assert attrs["baselines"][attrs["baselines_for_best"]]["scratch"]["test_acc"] >= 0
 

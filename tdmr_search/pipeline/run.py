@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,7 +40,7 @@ from tdmr_search.pipeline.loop import (
 from tdmr_search.pipeline.stages import Phase, ProgressiveDistiller, ReprogrammedTeacher, plan_phases
 
 __all__ = [
-    "PipelineResult", "TeacherSide", "run_pipeline", "reprogram_teacher", "distill_student",
+    "PipelineResult", "TeacherSide", "Reference", "reference_labels", "run_pipeline", "reprogram_teacher", "distill_student",
     "save_result", "load_deployed", "deployed_cost",
 ]
 
@@ -70,6 +70,19 @@ class TeacherSide:
     z_unlabeled: torch.Tensor | None = None
     logits_unlabeled: torch.Tensor | None = None
     cache_hit: bool = False
+
+
+@dataclass
+class Reference:
+    """A fixed reference for a low-noise training signal: images and the reference teacher's labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    description: str
+
+
+#: Pool images the reference teacher labels for the pruning signal (at most).
+REFERENCE_IMAGES = 1000
 
 
 #: ``features(split, images)``: the frozen teacher's pooled features of ``images`` behind the
@@ -260,7 +273,8 @@ class _HeadOnly(nn.Module):
 def distill_student(student: DeployedStudent, phases: list[Phase], config: PipelineConfig, data: TargetData,
                     runtime: Runtime, z_t: torch.Tensor | None, t_logits: torch.Tensor | None,
                     on_epoch_end: EpochCallback = _noop, stage: str = "distill",
-                    z_u: torch.Tensor | None = None, logits_u: torch.Tensor | None = None) -> list[dict[str, Any]]:
+                    z_u: torch.Tensor | None = None, logits_u: torch.Tensor | None = None,
+                    reference: Reference | None = None) -> list[dict[str, Any]]:
     """Train ``student`` through ``phases``, evaluating on val after every epoch.
 
     Without unlabelled inputs an epoch is one pass over the train split. With them (``data.unlabeled``
@@ -269,7 +283,8 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
     the feature and prediction losses cover every row and cross-entropy the labelled rows only.
 
     Returns one metrics dict per epoch (also passed to ``on_epoch_end``): stage, epoch, phase,
-    val_acc, temperature, the mean losses, and ``seconds`` since stage 2 began.
+    val_acc, val_loss (cross-entropy on val), agreement (top-1 agreement with ``reference`` on its
+    images, when given), temperature, the mean losses, and ``seconds`` since stage 2 began.
     """
     start = time.perf_counter()
     dcfg = config.distill
@@ -329,10 +344,15 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
             if dcfg.bn_recalibrate:
                 recalibrate_batchnorm(student, bn_images, runtime, EVAL_BATCH)
             student.eval()
-            val_acc = accuracy(_predict(student, data.val.images, runtime), y_val)
+            val_logits = _predict(student, data.val.images, runtime)
+            val_acc = accuracy(val_logits, y_val)
             metrics = {"stage": stage, "epoch": step, "phase": phase.index + 1, "val_acc": val_acc,
+                       "val_loss": float(F.cross_entropy(val_logits, y_val)),
                        "temperature": phase.temperature, **{k: v / max(count, 1) for k, v in sums.items()},
                        "seconds": time.perf_counter() - start}
+            if reference is not None:
+                metrics["agreement"] = accuracy(_predict(student, reference.images, runtime),
+                                                runtime.put(reference.labels))
             history.append(metrics)
             logger.info("%s epoch %d/%d (phase %d)  loss %.4f  val acc %.4f", stage, step + 1, total_epochs,
                         phase.index + 1, metrics["loss"], val_acc)
@@ -368,6 +388,27 @@ def _probe_features(teacher: FrozenTeacher, images: torch.Tensor, runtime: Runti
     return _predict(lambda x: teacher(transform(x)), images, runtime)
 
 
+def reference_labels(config: PipelineConfig, data: TargetData, cache: Any = None,
+                     n: int = REFERENCE_IMAGES) -> Reference | None:
+    """The reference teacher's top-1 labels of the first ``n`` pool images (None without a pool).
+
+    The reference teacher is ``config``'s linear probe on the frozen teacher (the kd baseline's
+    teacher), trained on the labelled train images only: one fixed reference for every trial
+    that shares ``config``'s teacher and data, whatever the trial's own stage-1 choices.
+    """
+    if not data.pool_size:
+        return None
+    runtime = Runtime.create(config.device)
+    features = teacher_features(config, runtime, cache)
+    head = _linear_probe(config, features("train", data.train.images), data.train.labels, data.num_classes, runtime)
+    images = data.unlabeled[: min(n, data.pool_size)]
+    with torch.no_grad():
+        pool_feats = features("unlabeled", data.unlabeled)[: len(images)]
+        labels = head(runtime.put(pool_feats)).argmax(1).cpu()
+    return Reference(images, labels, f"top-1 agreement with the linear probe on the frozen teacher over {len(images)} "
+                                     "pool images")
+
+
 def _linear_probe(config: PipelineConfig, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
                   runtime: Runtime) -> nn.Module:
     """A linear head trained with cross-entropy on frozen teacher features."""
@@ -389,7 +430,8 @@ def _linear_probe(config: PipelineConfig, feats: torch.Tensor, labels: torch.Ten
 
 
 def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, data: TargetData | None = None,
-                 teacher_side: TeacherSide | None = None, cache: Any = None) -> PipelineResult:
+                 teacher_side: TeacherSide | None = None, cache: Any = None,
+                 reference: Reference | None = None) -> PipelineResult:
     """Run ``config`` end to end and return its metrics and deployed model.
 
     Args:
@@ -400,6 +442,8 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
         teacher_side: A stage-1 outcome to reuse instead of running stage 1 (TDMR only).
         cache: A :class:`~tdmr_search.pipeline.cache.TeacherCache`: stage-1 outcomes and the
             teacher's features (kd, probe, the ``resize`` front end) are read from it or stored in it.
+        reference: Images and reference labels whose top-1 agreement with the student every
+            stage-2 epoch reports (``agreement``), e.g. :func:`reference_labels`.
     """
     runtime = Runtime.create(config.device, config.compile)
     seconds: dict[str, float] = {}
@@ -468,7 +512,7 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
     t0 = time.perf_counter()
     seed_everything(config.seed)
     history = distill_student(student, phases, config, data, runtime, z_t, t_logits, on_epoch_end, stage,
-                              z_u=z_u, logits_u=logits_u)
+                              z_u=z_u, logits_u=logits_u, reference=reference)
     seconds["stage2"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     student.eval()

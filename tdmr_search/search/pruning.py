@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 
 from tdmr_search.errors import ConfigError
 from tdmr_search.registry import closest
 
-__all__ = ["PRUNERS", "HYPERBAND_MIN_TRIALS", "choose_pruner", "make_pruner", "pruning_signal", "SIGNAL_NO_POOL"]
+__all__ = [
+    "PRUNERS", "HYPERBAND_MIN_TRIALS", "MedianWithPatience", "choose_pruner", "make_pruner", "pruning_signal",
+    "SIGNAL_NO_POOL",
+]
 
 PRUNERS = ("auto", "median", "halving", "hyperband", "none")
 #: ``auto`` picks Hyperband only for trial budgets at least this large.
@@ -44,18 +48,15 @@ def choose_pruner(name: str, n_trials: int | None, two_objective: bool = False) 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     """A pruner by name over stage-2 epochs (``auto`` must be resolved with :func:`choose_pruner` first).
 
-    - ``median``: prune a trial whose signal is below the median of earlier trials at the same
-      epoch, after ``MEDIAN_STARTUP_TRIALS`` trials, a warm-up of a third of the schedule, and one
-      epoch of patience (no improvement over the last epoch);
+    - ``median``: :class:`MedianWithPatience` after ``MEDIAN_STARTUP_TRIALS`` finished trials and a
+      warm-up of a third of the schedule, with one epoch of patience;
     - ``halving``: asynchronous successive halving (one bracket), from a third of the schedule;
     - ``hyperband``: Hyperband over 1..max_epochs with reduction factor 3;
     - ``none``: never prune.
     """
     warmup = max(1, round(max_epochs / 3))
     if name == "median":
-        return optuna.pruners.PatientPruner(
-            optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup - 1),
-            patience=1)
+        return MedianWithPatience(MEDIAN_STARTUP_TRIALS, warmup, patience=1)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=3)
     if name == "hyperband":
@@ -65,6 +66,42 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     hint = closest(str(name), PRUNERS)
     raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}"
                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+class MedianWithPatience(optuna.pruners.BasePruner):
+    """Prune a trial whose signal was below the median of the other trials at this epoch and at
+    each of the ``patience`` epochs before it (one bad epoch alone never prunes).
+
+    Args:
+        n_startup_trials: Finished (complete) trials needed before anything is pruned.
+        n_warmup_epochs: Epochs every trial runs before it can be pruned.
+        patience: Earlier epochs that must also have been below the median.
+    """
+
+    def __init__(self, n_startup_trials: int, n_warmup_epochs: int, patience: int = 1) -> None:
+        self.n_startup_trials = n_startup_trials
+        self.n_warmup_epochs = n_warmup_epochs
+        self.patience = patience
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step + 1 < self.n_warmup_epochs:
+            return False
+        from optuna.trial import TrialState
+
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if sum(t.state == TrialState.COMPLETE for t in finished) < self.n_startup_trials:
+            return False
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        for s in range(step - self.patience, step + 1):
+            value = trial.intermediate_values.get(s)
+            others = [t.intermediate_values[s] for t in finished if s in t.intermediate_values]
+            if value is None or not others:
+                return False
+            median = float(np.nanmedian(others))
+            if not (value < median if maximize else value > median):
+                return False
+        return True
 
 
 def pruning_signal(metrics: dict[str, Any]) -> float:

@@ -241,6 +241,9 @@ def _deployment_card(info: dict[str, Any]) -> list[str]:
             f"| same arg-max class | {onnx['argmax_agree']}/{onnx['images']} images |",
             f"| batch sizes run | {', '.join(str(b) for b in onnx.get('batch_sizes', []))} |",
         ]
+        if "pytorch_vs_float64" in onnx:
+            lines.append(f"| for scale: float32 rounding (PyTorch float32 vs float64; onnxruntime vs float64) | "
+                         f"{onnx['pytorch_vs_float64']:.2e}; {onnx['onnx_vs_float64']:.2e} |")
     else:
         lines.append(f"No ONNX file: {onnx.get('reason', 'not written')}.")
     return lines

@@ -184,7 +184,10 @@ def open_storage(url: str, heartbeat: bool = True, wal: bool = False,
         raise _driver_error(url, err) from None
     except StudyError:
         raise
-    except Exception as err:  # sqlalchemy errors: bad URL, server down, auth
+    except Exception as err:  # sqlalchemy errors: bad URL, server down, auth, a full disk
+        if is_disk_error(err):
+            raise disk_error(err, path if path is not None else redact(url), "study store",
+                             "free space, or choose another --storage") from None
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise StudyError(f"Cannot open the study store {redact(url)!r}: {redact(first)[:300]}") from None
     if path is not None and wal:

@@ -40,14 +40,21 @@ def is_disk_error(err: BaseException) -> bool:
 
 def disk_error(err: BaseException, path: str | Path, what: str = "file", hint: str = "") -> DiskError:
     """A one-line :class:`DiskError` for ``err`` while writing ``path`` (the ``what``)."""
-    inner = err
-    while not isinstance(inner, OSError) and (inner.__cause__ or inner.__context__) is not None:
-        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
-    if isinstance(inner, OSError) and inner.errno is not None:
-        why = f"{inner.strerror or os.strerror(inner.errno)} ({errno.errorcode.get(inner.errno, inner.errno)})"
-    else:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        why = "No space left on device (ENOSPC)" if "disk is full" in first.lower() else first[:200]
+    why = None
+    chain, seen = err, 0
+    while chain is not None and seen < 10 and why is None:  # the root cause, past Optuna's own assertions
+        text = str(chain).lower()
+        if isinstance(chain, OSError) and chain.errno is not None:
+            why = f"{chain.strerror or os.strerror(chain.errno)} ({errno.errorcode.get(chain.errno, chain.errno)})"
+        elif "disk is full" in text:
+            why = "No space left on device (ENOSPC)"
+        elif "readonly database" in text:
+            why = "read-only file system or no write permission (EROFS/EACCES)"
+        elif "disk i/o error" in text:
+            why = "disk I/O error (EIO)"
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    if why is None:
+        why = (str(err).splitlines()[0] if str(err) else type(err).__name__)[:200]
     return DiskError(f"Cannot write the {what} {str(path)!r}: {why}" + (f"; {hint}" if hint else ""))
 
 

@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
             sampler=args.sampler, pruner=args.pruner, seed=args.seed, two_objective=args.two_objective,
             workers=args.workers, gpus=args.gpus, artifacts=args.artifacts, progress=not args.no_progress,
             baselines=not args.no_baselines, isolate=args.isolate, teacher_cache=not args.no_cache,
-            one_trial=args.one_trial, trials_here=args.trials_here,
+            one_trial=args.one_trial, trials_here=args.trials_here, reevaluate=args.reevaluate, folds=args.folds,
             options=StoreOptions(allow_changed_space=args.allow_changed_space, adopt_study=args.adopt_study,
                                  allow_other_tables=args.allow_other_tables),
         )
@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isolate", action="store_true", help="run each trial in a fresh process")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.add_argument("--no-baselines", action="store_true", help="skip the scratch and kd baselines")
+    p.add_argument("--reevaluate", type=int, default=3, metavar="K",
+                   help="after the search, retrain the K best configurations on other folds of the labelled images "
+                        "and pick by the mean (default 3; 0: pick by one validation run); on a finished study it "
+                        "just re-evaluates")
+    p.add_argument("--folds", type=int, default=3,
+                   help="validation accuracies per re-evaluated configuration, its own trial's included (default 3)")
     p.add_argument("--no-cache", action="store_true", help="do not share stage-1 outcomes through the teacher cache")
     p.add_argument("--one-trial", action="store_true", help=argparse.SUPPRESS)  # what --isolate workers run
     p.add_argument("--trials-here", type=int, help=argparse.SUPPRESS)  # a worker's share of a trial budget

@@ -150,6 +150,9 @@ class DataConfig(_Section):
     """Unlabelled pool: this many train-split images that are neither labelled nor validation images
     (seeded; for imagefolder:PATH the images under PATH/unlabeled/ when present), distilled on
     without their labels; 0: none."""
+    split_seed: int | None = None
+    """Seed of the stratified train/validation split of the labelled images (None: the run's seed);
+    re-evaluation re-splits the same labelled images with other split seeds (folds)."""
     mixup: int = 0
     """Fixed, seeded mixup images (pairs of train and pool images, mixing weight uniform in [0, 1])
     added to the distillation inputs; 0: none."""
@@ -168,6 +171,7 @@ class DataConfig(_Section):
         _check_range(p, "data.augment_views", self.augment_views, 0, 64)
         _check_range(p, "data.unlabeled", self.unlabeled, 0, 10_000_000)
         _check_range(p, "data.mixup", self.mixup, 0, 10_000_000)
+        _check_range(p, "data.split_seed", self.split_seed, 0)
         return p
 
 

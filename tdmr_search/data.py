@@ -503,7 +503,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> TargetData:
             f"per class for each of {len(classes)} classes; raise data.shots (or data.fraction) or change "
             f"data.val_fraction ({cfg.val_fraction})"
         )
-    train_idx, val_idx = train_test_split(chosen, test_size=n_val, stratify=chosen_y, random_state=seed)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    train_idx, val_idx = train_test_split(chosen, test_size=n_val, stratify=chosen_y, random_state=split_seed)
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     test_idx = np.arange(len(test_y))
     if cfg.test_limit is not None and cfg.test_limit < len(test_y):

@@ -24,6 +24,7 @@ from tdmr_search import __version__
 from tdmr_search.config import format_flops
 from tdmr_search.errors import StudyError
 from tdmr_search.fsio import write_text
+from tdmr_search.search.reevaluate import pick
 from tdmr_search.search.secrets import redact
 
 if TYPE_CHECKING:
@@ -388,8 +389,9 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def _best(study: optuna.Study) -> list[FrozenTrial]:
+    """The pick (the best re-evaluated mean, else the best trial), or the Pareto front."""
     try:
-        return [study.best_trial] if len(study.directions) == 1 else list(study.best_trials)
+        return [pick(study)] if len(study.directions) == 1 else list(study.best_trials)
     except ValueError:
         return []
 

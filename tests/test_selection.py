@@ -101,3 +101,80 @@ def test_small_validation_warning_fires_only_where_pruning_hears_the_validation_
     assert small_validation_note(50, "median", pool=1000) is None  # the signal comes from the pool
     assert small_validation_note(50, "none") is None
     assert small_validation_note(150, "median") is None
+
+
+# ----------------------------------------------------------------------------- re-evaluation and the pick
+
+
+def _smoke(folder):
+    from tdmr_search.search.study import load_study
+
+    return load_study("smoke", f"sqlite:///{folder}/studies/smoke.db")
+
+
+def test_the_smoke_run_reevaluated_its_best_and_says_so(smoke_study):
+    from tdmr_search.search.reevaluate import reevaluation
+
+    study = _smoke(smoke_study)
+    record = reevaluation(study)
+    assert len(record) == 3  # the default: the 3 best configurations, 3 folds each
+    for number, entry in record.items():
+        trial = study.trials[number]
+        assert entry["val_acc_seeds"][0] == trial.user_attrs["val_acc"]  # fold 0 is the trial itself
+        assert len(entry["val_acc_seeds"]) == 3 and entry["split_seeds"] == [None, 1, 2]
+        assert entry["val_acc_mean"] == pytest.approx(sum(entry["val_acc_seeds"]) / 3)
+    log = (smoke_study / "run.log").read_text()
+    assert "re-evaluation adds up to 6 training runs" in log
+
+
+def test_reevaluation_resumes_where_it_stopped(copy_study):
+    from tdmr_search.errors import Interrupted
+    from tdmr_search.search.reevaluate import ATTR, reevaluate, reevaluation, runs_needed
+
+    study = _smoke(copy_study)
+    study.set_user_attr(ATTR, {})
+    space = load_space(SMOKE_SPACE)
+    data = load_data(space.base.data, space.base.seed)
+    assert runs_needed(study, 2, 3) == 4
+
+    def stop_after_two_runs():
+        if sum(len(e["val_acc_seeds"]) - 1 for e in reevaluation(study).values()) >= 2:
+            raise Interrupted("killed")
+
+    with pytest.raises(Interrupted):
+        reevaluate(study, data, 2, 3, check_stop=stop_after_two_runs)
+    first = reevaluation(study)
+    assert [len(e["val_acc_seeds"]) for e in first.values()] == [3]  # one configuration done, recorded
+    assert runs_needed(study, 2, 3) == 2
+    epochs = []
+    done = reevaluate(study, data, 2, 3, on_epoch_end=lambda step, m: epochs.append(m["stage"]))
+    assert epochs.count("distill") == 2 * space.base.distill.epochs  # only the two runs left
+    assert [len(e["val_acc_seeds"]) for e in done.values()] == [3, 3]
+    number = next(iter(first))
+    assert done[number] == first[number]
+
+
+def test_export_best_status_and_summary_follow_the_mean(copy_study):
+    from conftest import run_cli
+
+    from tdmr_search.search.reevaluate import ATTR
+    from tdmr_search.search.study import best_trials, summary
+
+    study = _smoke(copy_study)
+    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
+    single_best, runner_up = complete[0], complete[1]
+    # means that disagree with the single runs: the runner-up is steadier
+    study.set_user_attr(ATTR, {
+        str(single_best.number): {"val_acc_seeds": [single_best.value, 0.1, 0.1], "val_acc_mean": 0.3,
+                                  "val_acc_std": 0.2, "split_seeds": [None, 1, 2], "test_acc_seeds": [None] * 3},
+        str(runner_up.number): {"val_acc_seeds": [runner_up.value, 0.9, 0.9], "val_acc_mean": 0.9,
+                                "val_acc_std": 0.0, "split_seeds": [None, 1, 2], "test_acc_seeds": [None] * 3},
+    })
+    assert [t.number for t in best_trials(study)] == [runner_up.number]
+    out = copy_study / "exported"
+    run_cli("export", "--study", "smoke", "--best", "--out", str(out), cwd=copy_study)
+    exported = yaml.safe_load((out / "config.yaml").read_text())
+    assert exported == runner_up.user_attrs["config"]
+    status = run_cli("status", "--study", "smoke", cwd=copy_study).stdout
+    assert "PICK mean 0.9000" in status
+    assert summary(study, "sqlite:///x.db", copy_study).splitlines()[1].startswith(f"best trial {runner_up.number}:")

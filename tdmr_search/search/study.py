@@ -37,6 +37,7 @@ from tdmr_search.search import fingerprint as fp
 from tdmr_search.search import interrupt
 from tdmr_search.search.objective import KEEP_WEIGHTS, Objective
 from tdmr_search.search.pruning import choose_pruner, make_pruner
+from tdmr_search.search.reevaluate import FOLDS_DEFAULT, REEVALUATE_DEFAULT, REEVALUATE_SHARE, pick, reevaluation
 from tdmr_search.search.secrets import redact
 from tdmr_search.search.seeding import PerTrialSeedSampler
 from tdmr_search.search.space import SearchSpace, feasible_students, load_space, require_feasible
@@ -326,7 +327,7 @@ def _keep_best_weights(study: optuna.Study, store: Any, keep: int = KEEP_WEIGHTS
     if len(study.directions) == 1:
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         ranked = sorted(done, key=lambda t: sign * t.values[0])
-        keepers = {t.number for t in ranked[:keep]}
+        keepers = {t.number for t in ranked[:keep]} | set(reevaluation(study))  # and every re-evaluated one
     else:
         keepers = {t.number for t in study.best_trials}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
@@ -379,7 +380,8 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
                gpus: str | None = None, artifacts: str | None = None, progress: bool = True,
                baselines: bool = True, isolate: bool = False, teacher_cache: bool = True,
                one_trial: bool = False, trials_here: int | None = None,
-               options: StoreOptions | None = None) -> str:
+               options: StoreOptions | None = None, reevaluate: int = REEVALUATE_DEFAULT,
+               folds: int = FOLDS_DEFAULT) -> str:
     """Run (or resume) the search and return a summary for the terminal.
 
     SIGINT and SIGTERM stop it between steps: the running trial is closed as failed with
@@ -407,6 +409,10 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
         trials_here: Run at most this many trials in this process (a worker's share of a trial budget).
         teacher_cache: Share stage-1 outcomes between trials through the on-disk cache.
         options: What the run may do to a store that is not plainly its own.
+        reevaluate: After the search, retrain this many of the best configurations on other folds
+            of the labelled images and pick by the mean (0: pick by the single validation accuracy).
+            A time budget keeps ``REEVALUATE_SHARE`` of itself for this; a trial budget adds the runs.
+        folds: Validation accuracies per re-evaluated configuration, its own trial's included.
     """
     with interrupt.stop_on_signals():
         start = time.monotonic()
@@ -433,18 +439,65 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
                 f"--workers {workers} on SQLite: SQLite serves at most {SQLITE_MAX_WORKERS} local workers safely; use a "
                 "PostgreSQL or MySQL --storage URL (postgresql+psycopg://user@host/db, mysql+pymysql://user@host/db)"
             )
+        if reevaluate < 0 or folds < 1:
+            raise ConfigError(f"--reevaluate must be 0 or more and --folds 1 or more; got {reevaluate} and {folds}")
         options = options or StoreOptions()
         created: list[Path] = []  # folders this run made: removed again if they are left empty
+        top = not one_trial and trials_here is None  # the run the user started, not one of its workers
+        finish = top and not two_objective and (baselines or reevaluate > 0)
+        search_deadline = deadline
+        if finish and deadline is not None and reevaluate > 0:
+            search_deadline = start + (1.0 - REEVALUATE_SHARE) * timeout
+            logger.info("re-evaluation of the %d best configurations on %d folds: the search stops after %s of the "
+                        "%s budget, the rest is for re-evaluation and baselines", reevaluate, folds,
+                        _fmt_seconds((1.0 - REEVALUATE_SHARE) * timeout), _fmt_seconds(timeout))
+        elif finish and reevaluate > 0 and n_trials is not None:
+            logger.info("re-evaluation adds up to %d training runs after the %d trials (%d best configurations x %d "
+                        "more folds)", reevaluate * (folds - 1), n_trials, reevaluate, folds - 1)
         try:
             if workers > 1 or isolate:
-                return _run_workers(space_path, study_name, url, n_trials, deadline, sampler, pruner, seed,
-                                    two_objective, workers, gpu_ids, artifacts, progress, baselines, isolate, options,
-                                    created)
-            return _run_here(space, study_name, url, n_trials, deadline, sampler, pruner, seed, two_objective,
-                             artifacts, progress, baselines, teacher_cache, 1 if one_trial else trials_here, options,
-                             created)
+                text = _run_workers(space_path, study_name, url, n_trials, search_deadline, sampler, pruner, seed,
+                                    two_objective, workers, gpu_ids, artifacts, progress, baselines and not finish,
+                                    isolate, options, created)
+            else:
+                text = _run_here(space, study_name, url, n_trials, search_deadline, sampler, pruner, seed,
+                                 two_objective, artifacts, progress, baselines and not finish, teacher_cache,
+                                 1 if one_trial else trials_here, options, created)
+            if finish:
+                text = _finish(space, study_name, url, artifacts, deadline, reevaluate, folds, baselines, teacher_cache)
+            return text
         finally:
             _remove_empty(created)
+
+
+def _finish(space: SearchSpace, study_name: str, url: str, artifacts: str | None, deadline: float | None,
+            k: int, folds: int, baselines: bool, teacher_cache: bool) -> str:
+    """After the search: re-evaluate the best configurations, run the baselines for the pick, summarise.
+
+    Both stop at the deadline or on a signal; what finished is kept (a rerun resumes them).
+    """
+    from tdmr_search.search.reevaluate import reevaluate
+
+    study = load_study(study_name, url)
+    store_dir = artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts)
+    cache = None
+    if teacher_cache:
+        from tdmr_search.pipeline.cache import TeacherCache
+
+        cache = TeacherCache.beside(store_dir.parent / f"{study_name}-cache")
+    try:
+        _check_stop(deadline)
+        data = load_data(space.base.data, space.base.seed)
+        if k > 0:
+            reevaluate(study, data, k, folds, cache, check_stop=lambda: _check_stop(deadline))
+        if baselines:
+            _baselines(study, space, data, deadline, cache)
+    except Interrupted as err:
+        if interrupt.requested():
+            err.summary = summary(study, url, store_dir)
+            raise
+        logger.warning("the --budget deadline passed: %s (a rerun of the same command finishes it)", err)
+    return summary(study, url, store_dir)
 
 
 def _stop_reason(deadline: float | None) -> str | None:
@@ -741,7 +794,7 @@ def _baselines(study: optuna.Study, space: SearchSpace, data: Any, deadline: flo
     from tdmr_search.pipeline.run import run_pipeline
 
     try:
-        best = study.best_trial
+        best = pick(study)
     except ValueError:
         return
     if "config" not in best.user_attrs:  # an adopted study's own trial
@@ -782,8 +835,18 @@ def summary(study: optuna.Study, url: str, store_dir: Path) -> str:
     lines = [f"study {study.study_name!r}: " + ", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c)]
     try:
         if len(study.directions) == 1:
-            best = study.best_trial
+            best = pick(study)
             lines.append(_describe(best))
+            record = reevaluation(study)
+            if best.number in record:
+                r = record[best.number]
+                lines.append(f"  picked by the mean validation accuracy over {len(r['val_acc_seeds'])} folds of the "
+                             f"labelled images: {r['val_acc_mean']:.4f} +- {r['val_acc_std']:.4f} "
+                             f"({', '.join(f'{v:.3f}' for v in r['val_acc_seeds'])})")
+                for n, other in sorted(record.items(), key=lambda kv: -kv[1]["val_acc_mean"]):
+                    if n != best.number:
+                        lines.append(f"  re-evaluated trial {n}: {other['val_acc_mean']:.4f} +- {other['val_acc_std']:.4f}"
+                                     f" over {len(other['val_acc_seeds'])} folds (single run {other['val_acc_seeds'][0]:.4f})")
             base = study.user_attrs.get("baselines", {}).get(study.user_attrs.get("baselines_for_best", ""), {})
             for method in ("scratch", "kd"):
                 if "test_acc" in base.get(method, {}):
@@ -820,9 +883,10 @@ def _describe(t: FrozenTrial) -> str:
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial of a one-objective study, or the Pareto front of a two-objective one."""
+    """The pick of a one-objective study (the best re-evaluated mean, else the best trial), or the
+    Pareto front of a two-objective one."""
     try:
-        return [study.best_trial] if len(study.directions) == 1 else list(study.best_trials)
+        return [pick(study)] if len(study.directions) == 1 else list(study.best_trials)
     except ValueError:
         raise StudyError(f"Study {study.study_name!r} has no finished trial yet; nothing to export") from None
 
@@ -832,6 +896,11 @@ def study_status(study_name: str, storage: str | None) -> str:
     study = load_study(study_name, storage)
     rows = [f"{'#':>4} {'state':<9} {'val_acc':>8} {'test_acc':>8} {'flops':>8} {'student':<30} {'transform':<10} "
             f"{'proxy':>5} {'stg':>3} {'T':>5} {'secs':>7}  note"]
+    record = reevaluation(study) if len(study.directions) == 1 else {}
+    try:
+        picked = pick(study).number if record else None
+    except ValueError:
+        picked = None
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         cfg = a.get("config", {})
@@ -846,6 +915,10 @@ def study_status(study_name: str, storage: str | None) -> str:
         note = a.get("failure_reason") or ("cached teacher" if a.get("teacher_cached") else "")
         if t.state == TrialState.PRUNED:
             note = f"pruned at epoch {max(t.intermediate_values) + 1 if t.intermediate_values else '?'}"
+        if t.number in record:
+            r = record[t.number]
+            note = (f"{'PICK ' if picked == t.number else ''}mean {r['val_acc_mean']:.4f} +- {r['val_acc_std']:.4f} "
+                    f"over {len(r['val_acc_seeds'])} folds; {note}").rstrip("; ")
         rows.append(
             f"{t.number:>4} {t.state.name:<9} {num(val, '.4f'):>8} {num(a.get('test_acc'), '.4f'):>8} "
             f"{format_flops(a['flops']) if a.get('flops') else '-':>8} "
@@ -894,7 +967,7 @@ def _run_workers(space_path: str, study_name: str, url: str, n_trials: int | Non
         budget = str(n_trials) if deadline is None else f"{max(1.0, deadline - time.monotonic()):.0f}s"
         cmd = [sys.executable, "-m", "tdmr_search", "run", "--study", study_name, "--space", space_path,
                "--sampler", sampler, "--pruner", pruner, "--seed", str(seed), "--budget", budget,
-               "--no-baselines", "--workers", "1", "--worker-index", str(worker)]
+               "--no-baselines", "--reevaluate", "0", "--workers", "1", "--worker-index", str(worker)]
         if isolate:
             cmd += ["--one-trial"]
         elif shares[worker] is not None:

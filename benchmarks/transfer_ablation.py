@@ -15,6 +15,13 @@ stage 2 of 20 epochs), per seed and labels per class:
 ``kd`` what the reprogrammed teacher's targets add. Test accuracy on the test subset, mean +- std.
 
     python benchmarks/transfer_ablation.py [--shots 10,50] [--seeds 0,1,2] [--test-limit 2000]
+        [--unlabeled 5000 --transform resize ...] [--variants tdmr_kd --paired-with transfer.json]
+
+It takes ``transfer.py``'s settings flags (``--unlabeled`` included: with a pool every variant
+distils on the same labelled + pool batches) and its teacher cache, so the stage-1 outcomes and
+the teacher's features a ``transfer.py`` run computed are read, not recomputed. ``--variants``
+runs a subset; ``--paired-with`` takes the other variants' runs from a ``transfer.py`` JSON of
+the same settings (CPU runs repeat bit for bit, so its tdmr and kd are these).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from _common import mean_std, parser, setup, stamp, table, write_json
+from _common import RESULTS, mean_std, parser, setup, stamp, table, write_json
 from transfer import _ints, add_settings, base_config
 
 VARIANTS = ("tdmr", "tdmr_kd", "kd")
@@ -42,7 +49,7 @@ def tdmr_kd(config: Any, data: Any, side: Any) -> dict[str, Any]:
     d = config.distill
     seed_everything(config.seed)
     history = distill_student(student, [Phase(0, d.epochs, 0.0, 1.0, 1.0, d.temperature, True)], config, data,
-                              runtime, None, side.logits_train, stage="tdmr_kd")
+                              runtime, None, side.logits_train, stage="tdmr_kd", logits_u=side.logits_unlabeled)
     student.eval()
     test_acc = accuracy(_predict(student, data.test.images, runtime), data.test.labels)
     return {"test_acc": test_acc, "val_acc": history[-1]["val_acc"], "teacher_val_acc": side.val_acc}
@@ -53,6 +60,9 @@ def main() -> None:
     p.add_argument("--shots", default="10,50")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--test-limit", type=int, default=2000)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="which of tdmr, tdmr_kd, kd to run")
+    p.add_argument("--paired-with", help="a transfer.py JSON of the same settings: its tdmr and kd runs fill in")
+    p.add_argument("--cache", default=str(RESULTS / "transfer-cache"), help="teacher cache folder (shared with transfer.py)")
     add_settings(p)
     args = p.parse_args()
     setup(args)
@@ -61,29 +71,38 @@ def main() -> None:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
     from tdmr_search.data import load_data
-    from tdmr_search.pipeline.loop import Runtime
-    from tdmr_search.pipeline.run import reprogram_teacher, run_pipeline
+    from tdmr_search.pipeline.cache import TeacherCache
+    from tdmr_search.pipeline.run import run_pipeline
 
     base = base_config(args, device)
     shots_list, seeds = _ints(args.shots), _ints(args.seeds)
+    cache = TeacherCache(args.cache)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     runs: list[dict[str, Any]] = []
     for seed in seeds:
         for shots in shots_list:
             config = base.replace({"seed": seed, "data.shots": shots})
             data = load_data(config.data, seed)
-            side = reprogram_teacher(config, data, Runtime.create(config.device))
-            for variant in VARIANTS:
+            side = cache.get_or_compute(config, data)
+            for variant in variants:
                 t0 = time.perf_counter()
                 if variant == "tdmr_kd":
                     m = tdmr_kd(config, data, side)
                 else:
-                    m = run_pipeline(config.replace({"method": variant}), data=data,
+                    m = run_pipeline(config.replace({"method": variant}), data=data, cache=cache,
                                      teacher_side=side if variant == "tdmr" else None).metrics
                 runs.append({"seed": seed, "shots": shots, "variant": variant, "test_acc": m["test_acc"],
                              "val_acc": m["val_acc"], "teacher_val_acc": m["teacher_val_acc"],
                              "seconds": time.perf_counter() - t0})
                 print(f"  seed {seed} shots {shots:>3} {variant:<8} test {100 * m['test_acc']:5.1f}%  "
                       f"teacher val {100 * m['teacher_val_acc']:5.1f}%", flush=True)
+    if args.paired_with:  # read at the end: a transfer.py run beside this one has had time to finish
+        import json
+
+        for r in json.loads(open(args.paired_with).read())["runs"]:
+            if r["method"] in VARIANTS and r["method"] not in variants and r["seed"] in seeds and r["shots"] in shots_list:
+                runs.append({"seed": r["seed"], "shots": r["shots"], "variant": r["method"], "test_acc": r["test_acc"],
+                             "val_acc": r["val_acc"], "teacher_val_acc": r["teacher_val_acc"], "from": args.paired_with})
     rows = []
     for shots in shots_list:
         row: list[Any] = [shots]

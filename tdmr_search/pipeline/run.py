@@ -186,17 +186,13 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
         f_train = runtime.put(features("train", data.train.images))
         f_val = runtime.put(features("val", data.val.images))
         f_unl = runtime.put(features("unlabeled", data.unlabeled)) if len(data.unlabeled) else None
-        feature_dim, input_size, mean, std = f_train.shape[1], None, None, None
-    else:
-        feature_dim, input_size, mean, std = teacher.feature_dim, teacher.input_size, teacher.mean, teacher.std
-    if static:
         seed_everything(config.seed)  # the heads' initialisation must not depend on whether a teacher was built
-        model: nn.Module = _HeadOnly(build_projector(rcfg.projector, feature_dim, rcfg.proxy_dim),
+        model: nn.Module = _HeadOnly(build_projector(rcfg.projector, f_train.shape[1], rcfg.proxy_dim),
                                      build_classifier(rcfg.proxy_dim, data.num_classes))
     else:
-        transform = build_transform(rcfg.transform, input_size, mean, std, pad=rcfg.pad)
+        transform = build_transform(rcfg.transform, teacher.input_size, teacher.mean, teacher.std, pad=rcfg.pad)
         model = ReprogrammedTeacher(
-            transform, teacher, build_projector(rcfg.projector, feature_dim, rcfg.proxy_dim),
+            transform, teacher, build_projector(rcfg.projector, teacher.feature_dim, rcfg.proxy_dim),
             build_classifier(rcfg.proxy_dim, data.num_classes),
         )
     model = runtime.module(model)

@@ -261,8 +261,22 @@ def _torchvision(name: str, root: str | None, download: bool, image_size: int | 
         train = cls(folder, download=download, **train_kw)
         test = train if name == "eurosat" else cls(folder, download=download, **test_kw)
     except RuntimeError as err:
-        hint = "" if download else "; set data.download: true to fetch it (needs a network)"
+        hint = "" if download else "; set data.download: true to fetch it (needs a network), or data.root to the folder holding it"
         raise DataError(f"The torchvision dataset {name!r} is not in {folder!r}: {err}{hint}") from None
+    except OSError as err:  # urllib's URLError (no network, a proxy, DNS) or a folder it cannot write
+        import urllib.error
+
+        reason = " ".join(f"{type(err).__name__}: {getattr(err, 'reason', None) or err}".split())[:200]
+        if isinstance(err, (urllib.error.URLError, TimeoutError, ConnectionError)):
+            raise DataError(
+                f"The torchvision dataset {name!r} is not in {folder!r} and cannot be downloaded ({reason}); "
+                "download it on a machine with a network and set data.root to the folder holding it, or use an "
+                "offline dataset (fashion-mnist, digits, imagefolder:PATH)"
+            ) from None
+        raise DataError(
+            f"The torchvision dataset {name!r} cannot be stored in {folder!r} ({reason}); set data.root to a "
+            "writable folder"
+        ) from None
     size = image_size or _native_size(train) or MIXED_SIZE_DEFAULT
     train_y, test_y = _targets(train), _targets(test)
     classes = [str(c) for c in getattr(train, "classes", sorted(set(train_y.tolist())))]

@@ -71,8 +71,9 @@ def _hub(name: str, img_size: int | None) -> nn.Module:
     except Exception as err:  # network, missing weights, hub errors
         raise ModelError(
             f"Cannot fetch pretrained weights of teacher {name!r} from the hub ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200] if str(err) else ''}); offline, use teacher.weights: package "
-            "(tf_efficientnet_lite0/2), random, or a weights file"
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}); download them on a machine with a network and "
+            "set teacher.weights: PATH (a .safetensors file or state dict), or use teacher.weights: package "
+            "(tf_efficientnet_lite0/2, offline) or random"
         ) from None
 
 

@@ -168,8 +168,15 @@ def _param(name: str, raw: Any, problems: list[str], base: dict[str, Any]) -> Pa
     return ParamSpec(name, kind, low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"), when=when)
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and check a search space YAML file, reporting every problem at once."""
+def load_space(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> SearchSpace:
+    """Read and check a search space YAML file, reporting every problem at once.
+
+    Args:
+        path: The YAML file.
+        overrides: ``section.field=value`` strings (as ``--set`` takes them) or a dict of dotted
+            keys, applied to ``base`` over the file: defaults < file < overrides. The loaded
+            space's ``raw`` carries them, so the study records what actually ran.
+    """
     path = Path(path)
     try:
         raw = load_yaml(path.read_text(), f"The search space {str(path)!r}")
@@ -183,6 +190,8 @@ def load_space(path: str | Path) -> SearchSpace:
     if not isinstance(raw, dict):
         raise ConfigError(f"The search space {str(path)!r} must be a mapping with base, max_flops, students, params")
     problems: list[str] = []
+    if overrides:
+        raw = _with_overrides(raw, overrides, problems)
     allowed = ("name", "description", "base", "max_flops", "students", "params")
     for key in raw:
         if key not in allowed:
@@ -254,6 +263,36 @@ def load_space(path: str | Path) -> SearchSpace:
         student_names=tuple(names), resolutions=tuple(resolutions), params=tuple(params), raw=raw,
         description=str(raw.get("description") or ""),
     )
+
+
+def _with_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A copy of ``raw`` whose ``base`` carries the dotted ``overrides`` (``teacher.name=test_vit``)."""
+    import copy
+
+    from tdmr_search.config import parse_override
+
+    raw = copy.deepcopy(raw)
+    base = raw.get("base")
+    if base is None:
+        base = raw["base"] = {}
+    if not isinstance(base, dict):
+        return raw  # reported as a base problem
+    sections = [k for k, v in PipelineConfig().to_dict().items() if isinstance(v, dict)]
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        section, dot, field_name = str(key).partition(".")
+        if not dot:
+            base[section] = value
+            continue
+        if section not in sections:
+            problems.append(f"override {key!r}: {section!r} is not a config section; accepted: section.field names "
+                            "such as teacher.name, data.dataset")
+            continue
+        target = base.setdefault(section, {})
+        if not isinstance(target, dict):
+            continue  # reported as a base problem
+        target[field_name] = value
+    return raw
 
 
 def _check_values(p: ParamSpec, base: PipelineConfig, problems: list[str]) -> None:
@@ -340,26 +379,25 @@ def require_feasible(space: SearchSpace, fit: list[StudentChoice], over: list[St
     )
 
 
-def describe_feasible(path: str | Path) -> str:
-    """The text ``tdmr-search validate`` prints: the space, its parameters and the students that fit."""
-    from tdmr_search.data import load_data
-    from tdmr_search.models.timm_utils import check_model_name
+def describe_feasible(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> str:
+    """The text ``tdmr-search validate`` prints: the space, its parameters and the students that fit.
 
-    space = load_space(path)
-    for name in space.student_names:
-        check_model_name(name, "students.names")
-    check_model_name(space.base.teacher.name, "base.teacher.name")
-    if space.base.teacher.input_size is not None:
-        from tdmr_search.models.teachers import check_input_size
+    It runs the same pre-flight as ``tdmr-search run`` (:func:`~tdmr_search.search.preflight.preflight`).
+    """
+    from tdmr_search.search.preflight import preflight
 
-        check_input_size(space.base.teacher.name, space.base.teacher.input_size)
-    data = load_data(space.base.data, space.base.seed)
-    fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
+    space = load_space(path, overrides)
+    checked = preflight(space)
+    data, fit, over = checked.data, checked.fit, checked.over
+    teacher = space.base.teacher
+    pool = f", an unlabelled pool of {data.pool_size}" if data.pool_size else ""
+    extra = len(data.unlabeled) - data.pool_size if data.unlabeled is not None else 0
     lines = [
         f"space {space.name!r}: {space.description}".rstrip(": "),
-        f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
-        f"{data.num_classes} classes, {data.channels}x{data.image_size}x{data.image_size}",
-        f"teacher {space.base.teacher.name} ({space.base.teacher.weights})",
+        f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images{pool}"
+        + (f" (+{extra} views/mixup)" if extra > 0 else "")
+        + f", {data.num_classes} classes, {data.channels}x{data.image_size}x{data.image_size}",
+        f"teacher {teacher.name} ({checked.teacher_weights} weights) at {checked.teacher_size}px",
         f"FLOPs cap {format_flops(space.max_flops) if space.max_flops else 'none'} "
         f"(deployed student = backbone + projector + classifier, at proxy_dim {space.max_proxy_dim()})",
         f"searched: {', '.join(p.name for p in space.params) or 'nothing'} and the student",
@@ -370,5 +408,4 @@ def describe_feasible(path: str | Path) -> str:
         lines.append(f"{len(over)} over the cap or not buildable (never trained):")
         lines += [f"  {c.key:<36} " + (f"cannot be built: {c.error}" if c.error else f"{format_flops(c.flops):>8} FLOPs")
                   for c in sorted(over, key=lambda c: c.flops)]
-    require_feasible(space, fit, over)
     return "\n".join(lines)

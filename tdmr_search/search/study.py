@@ -40,7 +40,7 @@ from tdmr_search.search.pruning import choose_pruner, make_pruner
 from tdmr_search.search.reevaluate import FOLDS_DEFAULT, REEVALUATE_DEFAULT, REEVALUATE_SHARE, pick, reevaluation
 from tdmr_search.search.secrets import redact
 from tdmr_search.search.seeding import PerTrialSeedSampler
-from tdmr_search.search.space import SearchSpace, feasible_students, load_space, require_feasible
+from tdmr_search.search.space import SearchSpace, load_space
 
 __all__ = [
     "default_storage", "open_storage", "load_study", "artifact_dir", "parse_budget", "make_sampler",
@@ -652,18 +652,10 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
               sampler: str, pruner: str, seed: int, two_objective: bool, artifacts: str | None, progress: bool,
               baselines: bool, teacher_cache: bool, max_trials_this_process: int | None,
               options: StoreOptions, created: list[Path]) -> str:
-    from tdmr_search.models.teachers import check_input_size
-    from tdmr_search.models.timm_utils import check_model_name
+    from tdmr_search.search.preflight import preflight
 
-    for name in space.student_names:
-        check_model_name(name, "students.names")
-    check_model_name(space.base.teacher.name, "base.teacher.name")
-    check_input_size(space.base.teacher.name, space.base.teacher.input_size)
-    _check_stop(None)
-    data = load_data(space.base.data, space.base.seed)
-    _check_stop(None)
-    fit, over = feasible_students(space, data.channels, data.image_size, data.num_classes)
-    require_feasible(space, fit, over)
+    checked = preflight(space, between=lambda: _check_stop(None))  # the same pre-flight as `validate`
+    data, fit, over = checked.data, checked.fit, checked.over
     note = small_validation_note(len(data.val), pruner, two_objective, data.pool_size)
     if note:
         logger.warning(note)

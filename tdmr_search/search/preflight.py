@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tdmr_search.config import TeacherConfig
+from tdmr_search.config import PipelineConfig, TeacherConfig
 from tdmr_search.errors import DataError, ModelError, TdmrError
 from tdmr_search.search.space import SearchSpace, StudentChoice, feasible_students, require_feasible
 
 if TYPE_CHECKING:
     from tdmr_search.data import TargetData
 
-__all__ = ["Preflight", "preflight", "teacher_input_size", "weights_problem"]
+__all__ = ["Preflight", "network_needs", "preflight", "teacher_input_size", "weights_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,20 @@ class Preflight:
     """Students under the FLOPs cap, cheapest first."""
     over: list[StudentChoice]
     """Students over the cap or not buildable (never trained)."""
+
+
+def network_needs(config: PipelineConfig) -> list[str]:
+    """What of ``config`` may need a network on first use (the hub, a download), in words; empty when nothing."""
+    from tdmr_search.data import TORCHVISION_SPLITS
+
+    needs = []
+    if config.teacher.weights == "hub":
+        needs.append(f"teacher.weights: hub ({config.teacher.name} from the Hugging Face hub)")
+    if config.student.pretrained:
+        needs.append("student.pretrained: true (the students' weights from the hub)")
+    if config.data.dataset in TORCHVISION_SPLITS and (config.data.download or config.data.root is None):
+        needs.append(f"data.dataset: {config.data.dataset} (a torchvision download)")
+    return needs
 
 
 def teacher_input_size(cfg: TeacherConfig) -> int:

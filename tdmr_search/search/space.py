@@ -266,7 +266,12 @@ def load_space(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
 
 
 def _with_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any], problems: list[str]) -> dict[str, Any]:
-    """A copy of ``raw`` whose ``base`` carries the dotted ``overrides`` (``teacher.name=test_vit``)."""
+    """A copy of ``raw`` with the dotted ``overrides`` applied.
+
+    ``section.field`` keys (``teacher.name=test_vit``) and top-level pipeline keys (``seed``) go
+    into ``base``; ``max_flops``, ``students.names`` and ``students.resolutions`` replace the
+    space's own.
+    """
     import copy
 
     from tdmr_search.config import parse_override
@@ -281,12 +286,19 @@ def _with_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any], 
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
     for key, value in items:
         section, dot, field_name = str(key).partition(".")
+        if key == "max_flops":
+            raw["max_flops"] = value
+            continue
+        if section == "students" and field_name in ("names", "resolutions"):
+            students = raw.get("students")
+            raw["students"] = {**(students if isinstance(students, dict) else {}), field_name: value}
+            continue
         if not dot:
             base[section] = value
             continue
         if section not in sections:
             problems.append(f"override {key!r}: {section!r} is not a config section; accepted: section.field names "
-                            "such as teacher.name, data.dataset")
+                            "such as teacher.name, data.dataset, or students.names, students.resolutions, max_flops")
             continue
         target = base.setdefault(section, {})
         if not isinstance(target, dict):

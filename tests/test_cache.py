@@ -103,3 +103,35 @@ def test_augmented_views_are_fixed_so_the_cache_serves(tmp_path, tiny_config):
     assert cache.get_or_compute(config, data).cache_hit is False
     assert cache.get_or_compute(config, load_data(config.data, config.seed)).cache_hit is True
     assert cache.get_or_compute(tiny_config, plain).cache_hit is False  # views change the key
+
+
+def test_cache_keeps_under_its_size_limit_dropping_the_least_recently_used(tmp_path, tiny_config, digits_data,
+                                                                          monkeypatch):
+    import os
+
+    import pytest
+
+    from tdmr_search.errors import ConfigError
+    from tdmr_search.pipeline.cache import default_max_bytes
+
+    cache = TeacherCache(tmp_path, max_bytes=float("inf"))
+    first = tiny_config.replace({"reprogram.proxy_dim": 16})
+    cache.get_or_compute(first, digits_data)
+    cache.get_or_compute(tiny_config, digits_data)
+    entries = sorted(tmp_path.glob("*.joblib"))
+    assert len(entries) == 2
+    old = tmp_path / f"{cache_key(first, digits_data)}.joblib"
+    os.utime(old, (1, 1))  # used long ago
+    old_size = old.stat().st_size
+    keep = cache.size() - old_size
+    assert cache.prune(keep) == old_size
+    assert not old.exists() and cache.size() <= keep
+    assert cache.get_or_compute(tiny_config, digits_data).cache_hit is True  # the recent one stayed
+    limited = TeacherCache(tmp_path, max_bytes=0)  # every store prunes to the limit (its own entry stays: in use)
+    limited.get_or_compute(first, digits_data)
+    assert (tmp_path / f"{cache_key(tiny_config, digits_data)}.joblib").exists() is False
+    monkeypatch.setenv("TDMR_CACHE_MAX_BYTES", "500M")
+    assert default_max_bytes() == 500e6
+    monkeypatch.setenv("TDMR_CACHE_MAX_BYTES", "lots")
+    with pytest.raises(ConfigError, match="such as 500M"):
+        default_max_bytes()

@@ -29,6 +29,7 @@ import torch
 
 from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
+from tdmr_search.errors import ConfigError
 from tdmr_search.models.teachers import teacher_identity
 from tdmr_search.pipeline.loop import resolve_device
 
@@ -76,6 +77,33 @@ def feature_key(config: PipelineConfig, images: torch.Tensor) -> str:
     return joblib.hash({**_teacher(config), "front_end": "resize", "images": tensor_digest(images)})
 
 
+#: Default size limit of a teacher cache (``TDMR_CACHE_MAX_BYTES`` overrides it, e.g. "500M", "4G").
+DEFAULT_MAX_BYTES = 4e9
+
+
+def default_max_bytes() -> float:
+    """The cache size limit: ``TDMR_CACHE_MAX_BYTES`` (an SI figure such as 500M) or 4 GB."""
+    text = os.environ.get("TDMR_CACHE_MAX_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(text[-1], 1.0)
+    try:
+        value = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"TDMR_CACHE_MAX_BYTES must be a size in bytes such as 500M or 4G; got {text!r}")
+    return value
+
+
+def _touch(entry: Path) -> None:
+    """Mark an entry as used now (what least-recently-used pruning reads)."""
+    try:
+        os.utime(entry)
+    except OSError:  # removed meanwhile, or a read-only cache: nothing to mark
+        pass
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -91,9 +119,10 @@ class TeacherCache:
         folder: Where entries live (created when missing).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, max_bytes: float | None = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.hits = 0
         self.misses = 0
         self.feature_hits = 0
@@ -141,6 +170,7 @@ class TeacherCache:
                 side = self.load(key, data)
                 if side is not None:
                     self.hits += 1
+                    _touch(entry)
                     side.cache_hit = True
                     logger.info("teacher cache hit %s", key[:12])
                     return side
@@ -155,6 +185,7 @@ class TeacherCache:
                     side = compute()
                 side.cache_hit = False
                 self._store(entry, digest, side)
+                self.prune()
                 logger.info("teacher cache stored %s (%.1fs of stage 1)", key[:12], getattr(side, "seconds", 0.0))
                 return side
             finally:
@@ -177,6 +208,7 @@ class TeacherCache:
                         if not isinstance(feats, torch.Tensor) or len(feats) != n:
                             raise ValueError("entry does not match the data")
                         self.feature_hits += 1
+                        _touch(entry)
                         return feats
                     except Exception as err:  # corrupt or stale: recompute
                         logger.warning("teacher feature entry %s is unusable (%s); recomputing", key[:12], err)
@@ -187,6 +219,7 @@ class TeacherCache:
                 feats = compute()
                 seconds = time.perf_counter() - t0
                 self._store(entry, digest, feats)
+                self.prune()
                 logger.info("teacher features of %d %s images: %.1fs (%.0f images/s), cached as %s", n, split,
                             seconds, n / max(seconds, 1e-9), key[:12])
                 return feats
@@ -204,6 +237,45 @@ class TeacherCache:
             os.replace(tmp, entry)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def size(self) -> int:
+        """Bytes the entries take on disk."""
+        return sum(p.stat().st_size for p in self.folder.glob("*.joblib"))
+
+    def prune(self, max_bytes: float | None = None) -> int:
+        """Delete the least recently used entries until the cache holds at most ``max_bytes``.
+
+        Entries another process is writing (their lock is held) are left alone. Returns the bytes
+        freed. Called after every entry stored, with the cache's own limit.
+        """
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        entries = []
+        for p in self.folder.glob("*.joblib"):
+            try:
+                entries.append((p.stat().st_mtime, p.stat().st_size, p))
+            except FileNotFoundError:  # removed by another worker meanwhile
+                continue
+        total = sum(size for _, size, _ in entries)
+        freed = 0
+        for _, size, entry in sorted(entries):
+            if total - freed <= limit:
+                break
+            _, digest, lock = self._paths(entry.stem)
+            with open(lock, "a+") as lock_fh:
+                try:
+                    fcntl.flock(lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # in use right now
+                    continue
+                try:
+                    entry.unlink(missing_ok=True)
+                    digest.unlink(missing_ok=True)
+                    freed += size
+                finally:
+                    fcntl.flock(lock_fh, fcntl.LOCK_UN)
+        if freed:
+            logger.info("teacher cache: removed %.1f MB of least recently used entries (limit %.1f MB)", freed / 1e6,
+                        limit / 1e6)
+        return freed
 
     def clear(self) -> None:
         """Delete every entry."""

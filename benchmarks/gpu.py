@@ -23,16 +23,31 @@ Goals (the issue): the teacher pass above 40% of peak; data loading never the bo
 the host-fed teacher pass within 10% of the device-resident one, and stage-2 data work under 10%
 of step time).
 
+With ``--space spaces/gpu.yaml`` the teacher (name and input size), the student (the costliest one
+under the space's cap) and the batch (``distill.batch_size``) are the space's. With
+``--study-minutes M`` it then runs a real study of that space for M minutes (``run_search``, the
+re-evaluation and baselines included, in a fresh store under ``--store``) and adds the search's
+figures: trials per hour, the GPU busy share over the study (utilisation sampled every second
+through NVML or nvidia-smi), and the best trial's validation and test accuracy.
+
 Without a GPU it prints "no CUDA GPU: skipped" and exits 0. ``--cpu-dry-run`` runs the same code
-on the CPU with tiny timm test models (the figures mean nothing; it checks the code path).
+on the CPU with tiny timm test models (the figures mean nothing; it checks the code path); with
+``--space`` the study runs 2 trials with the space's teacher, students and data swapped for the
+same tiny offline stand-ins through ``load_space``'s overrides (CPU_STAND_INS).
 
     python benchmarks/gpu.py [--quick] [--peak TFLOPS] [--cpu-dry-run] [--out benchmarks/results/gpu.json]
+    python benchmarks/gpu.py --space spaces/gpu.yaml --study-minutes 20
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from _common import parser, setup, stamp, table, verdict, write_json
@@ -191,6 +206,121 @@ def synthetic_data(n_train: int, n_val: int, size: int, classes: int = 10) -> An
     return TargetData("synthetic", split(n_train), split(n_val), split(n_val), classes, [str(i) for i in range(classes)])
 
 
+#: Tiny real offline parts for a CPU dry run of a space's study (``load_space`` overrides).
+CPU_STAND_INS: dict[str, Any] = {
+    "teacher.name": "test_vit", "teacher.weights": "random", "teacher.input_size": 32,
+    "data.dataset": "digits", "data.download": False, "data.root": None, "data.shots": 20, "data.unlabeled": 300,
+    "data.test_limit": None, "students.names": ["test_resnet", "test_efficientnet"], "students.resolutions": [16],
+    "reprogram.epochs": 2, "distill.epochs": 4, "max_flops": "2M", "device": "cpu",
+}
+
+
+class Utilisation:
+    """Samples the GPU's utilisation (percent of time a kernel ran) every ``every`` seconds in a thread."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self.samples: list[float] = []
+        self.source: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self) -> float | None:
+        import torch
+
+        if self.source in (None, "nvml"):
+            try:
+                value = float(torch.cuda.utilization(0))  # needs pynvml (nvidia-ml-py)
+                self.source = "nvml"
+                return value
+            except Exception:
+                self.source = "no nvml"  # try nvidia-smi from now on
+        if shutil.which("nvidia-smi"):
+            try:
+                out = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5, check=True).stdout
+                self.source = "nvidia-smi"
+                return float(out.strip().splitlines()[0])
+            except Exception:
+                return None
+        return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            value = self._read()
+            if value is not None:
+                self.samples.append(value)
+
+    def __enter__(self) -> Utilisation:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def share(self) -> float | None:
+        return sum(self.samples) / len(self.samples) / 100.0 if self.samples else None
+
+
+def space_models(space_path: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The teacher, its input size, the costliest student under the cap and the batch of a space."""
+    from tdmr_search.search.preflight import teacher_input_size
+    from tdmr_search.search.space import feasible_students, load_space
+
+    space = load_space(space_path, overrides)
+    fit, _ = feasible_students(space, 3, 224, 10)  # the cost of the student itself; the data's size barely moves it
+    if not fit:
+        raise SystemExit(f"no student of {space_path} fits its cap")
+    top = fit[-1]
+    return {"teacher": space.base.teacher.name, "teacher_size": teacher_input_size(space.base.teacher),
+            "student": top.name, "student_size": top.resolution, "batch": space.base.distill.batch_size}
+
+
+def run_study(space_path: str, overrides: dict[str, Any] | None, minutes: float | None, trials: int | None,
+              store: Path, cuda: bool) -> dict[str, Any]:
+    """A real study of the space: trials per hour, GPU busy share, the best trial's accuracies."""
+    import optuna
+    import yaml
+
+    from tdmr_search.search.space import load_space
+    from tdmr_search.search.study import best_trials, run_search
+
+    store.mkdir(parents=True, exist_ok=True)
+    space_file = store / "space.yaml"  # the space as it ran, overrides included
+    space_file.write_text(yaml.safe_dump(load_space(space_path, overrides).raw, sort_keys=False))
+    url = f"sqlite:///{store / 'gpu-study.db'}"
+    budget = f"{int(minutes * 60)}s" if minutes is not None else str(trials)
+    util = Utilisation()
+    t0 = time.perf_counter()
+    with util if cuda else _Nothing():
+        run_search(str(space_file), "gpu-study", url, budget, progress=False, artifacts=str(store / "artifacts"))
+    wall = time.perf_counter() - t0
+    study = optuna.load_study(study_name="gpu-study", storage=url)
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            and t.datetime_start and t.datetime_complete]
+    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() if done else 0
+    best = best_trials(study)[0] if done else None
+    return {
+        "space": space_path, "budget": budget, "wall_seconds": wall, "store": str(store),
+        "trials": len(done), "complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in done),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
+        "search_seconds": span, "trials_per_hour": 3600.0 * len(done) / span if span else None,
+        "gpu_busy_share": util.share() if cuda else None, "utilisation_source": util.source if cuda else None,
+        "best": None if best is None else {
+            "trial": best.number, "val_acc": best.user_attrs.get("val_acc"), "test_acc": best.user_attrs.get("test_acc"),
+            "flops": best.user_attrs.get("flops"), "student": (best.user_attrs.get("config") or {}).get("student")},
+    }
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def main() -> None:
     p = parser("gpu", __doc__.splitlines()[0])
     p.add_argument("--peak", type=float, default=None, help="the card's dense bf16 peak in TFLOP/s (default: looked up)")
@@ -202,14 +332,28 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224, help="side of the stored target images")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=None, help="batches per timed epoch (default 20; --quick: 8)")
+    p.add_argument("--space", default=None,
+                   help="take the teacher, the costliest student under the cap and the batch from this space (spaces/gpu.yaml)")
+    p.add_argument("--study-minutes", type=float, default=None,
+                   help="then run a study of --space for this many minutes (CPU dry run: 2 trials)")
+    p.add_argument("--store", default=None, help="folder of that study's store (default: a temporary folder, removed)")
     args = p.parse_args()
     setup(args)
+    if args.study_minutes is not None and not args.space:
+        p.error("--study-minutes needs --space")
 
     import torch
 
     if not torch.cuda.is_available() and not args.cpu_dry_run:
         print("no CUDA GPU: skipped (run on a machine with one, or --cpu-dry-run to check the code path)")
         return
+    overrides = CPU_STAND_INS if args.cpu_dry_run else None
+    if args.space:
+        models = space_models(args.space, overrides)
+        args.teacher, args.teacher_size = models["teacher"], models["teacher_size"]
+        args.student, args.student_size, args.batch = models["student"], models["student_size"], models["batch"]
+        print(f"space {args.space}: teacher {args.teacher}@{args.teacher_size}, student {args.student}@{args.student_size}, "
+              f"batch {args.batch}", flush=True)
     if args.cpu_dry_run:
         args.teacher, args.teacher_size, args.student, args.student_size = "test_vit", 32, "test_efficientnet", 32
         args.image_size, args.batch = 32, 8
@@ -351,10 +495,25 @@ def main() -> None:
     print(f"data: feeding the teacher pass from the host costs {pct(teacher_fig['feeding_cost'])} of its throughput "
           f"(copies alone {pct(teacher_fig['copy_share_of_pipeline_pass'])} of the pass); stage-2 per-step data work "
           f"{pct(stage2_fig['data_share_of_step'])} of step time: not the bottleneck: {verdict(data_ok)}")
+    study_fig = None
+    if args.study_minutes is not None:
+        store = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="tdmr-gpu-study-"))
+        try:
+            study_fig = run_study(args.space, overrides, None if args.cpu_dry_run else args.study_minutes,
+                                  2 if args.cpu_dry_run else None, store, runtime.cuda)
+        finally:
+            if not args.store:
+                shutil.rmtree(store, ignore_errors=True)
+        best = {k: v if v is not None else float("nan") for k, v in (study_fig["best"] or {}).items()}
+        print(f"study of {args.space} ({study_fig['budget']}): {study_fig['trials']} trials "
+              f"({study_fig['complete']} complete, {study_fig['pruned']} pruned), "
+              f"{study_fig['trials_per_hour'] or 0:.1f} trials/hour, GPU busy {pct(study_fig['gpu_busy_share'])}, "
+              f"best val {best.get('val_acc', float('nan')):.3f} / test {best.get('test_acc', float('nan')):.3f}")
     if args.cpu_dry_run:
         print("CPU dry run: the figures above only show that the code path runs")
     payload = {**stamp(), "benchmark": "gpu", "dry_run": args.cpu_dry_run, "device_name": name, "peak_tflops": peak,
-               "batch": batch, "steps": steps, "teacher": teacher_fig, "stage1": stage1_fig, "stage2": stage2_fig,
+               "space": args.space, "batch": batch, "steps": steps, "teacher": teacher_fig, "stage1": stage1_fig,
+               "stage2": stage2_fig, "study": study_fig,
                "mfu_teacher_pass": mfu, "mfu_teacher_device_resident": mfu_resident,
                "goals": {"min_mfu": GOAL_MFU, "max_data_share": GOAL_DATA_SHARE, "met": goals}}
     print(f"wrote {write_json(args.out, payload)}")

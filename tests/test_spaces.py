@@ -167,3 +167,27 @@ def test_a_torchvision_dataset_without_download_names_data_download(tmp_path):
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "'cifar10' is not in" in line and "data.download: true" in line and "data.root" in line
+
+
+def test_the_gpu_space_runs_a_trial_on_the_cpu_with_tiny_stand_ins(tmp_path):
+    # spaces/gpu.yaml as shipped (pool + views, batch 256 + 64 labelled, its searched parameters),
+    # with the teacher, students and data swapped for tiny offline ones and its epochs cut.
+    stand_ins = {
+        "teacher.name": "test_vit", "teacher.weights": "random", "teacher.input_size": 32,
+        "data.dataset": "digits", "data.shots": 20, "data.unlabeled": 300,
+        "students.names": ["test_resnet", "test_efficientnet"], "students.resolutions": [16], "max_flops": "2M",
+        "reprogram.epochs": 2, "distill.epochs": 4, "device": "cpu",
+    }
+    space = load_space(ROOT / "spaces" / "gpu.yaml", stand_ins)
+    assert space.base.distill.batch_size == 256 and space.base.data.augment_views == 1
+    path = tmp_path / "gpu-stand-in.yaml"
+    path.write_text(yaml.safe_dump(space.raw, sort_keys=False))
+    run_cli("run", "--study", "gpu", "--space", str(path), "--budget", "1", "--no-baselines", "--reevaluate", "0",
+            "--no-progress", cwd=tmp_path)
+    study = optuna.load_study(study_name="gpu", storage=f"sqlite:///{tmp_path}/studies/gpu.db")
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    config = trial.user_attrs["config"]
+    assert config["data"]["unlabeled"] == 300 and config["data"]["augment_views"] == 1
+    assert config["distill"]["batch_size"] == 256 and config["distill"]["labelled_batch"] == 64
+    assert study.user_attrs["space"]["base"]["teacher"]["name"] == "test_vit"  # the store records what ran

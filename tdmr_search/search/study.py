@@ -299,6 +299,9 @@ class _Progress:
         elapsed = time.monotonic() - self.start
         done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         value = "-" if trial.values is None else " ".join(f"{v:.4f}" for v in trial.values)
+        curve = trial.user_attrs.get("val_curve") or []
+        if trial.state == TrialState.PRUNED and curve:  # its value is the pruning signal, not an accuracy
+            value = f"{curve[-1]:.4f} at epoch {len(curve)}"
         reason = trial.user_attrs.get("failure_reason")
         try:
             best = f"best {study.best_value:.4f} (trial {study.best_trial.number})" if len(study.directions) == 1 else \

@@ -7,6 +7,7 @@ Each handler parses, calls one library function, prints and returns an exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -241,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tdmr-search`` and ``python -m tdmr_search``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    signals = contextlib.ExitStack()
+    if args.command == "run":  # from here on a signal only sets a flag: the search stops between steps
+        from tdmr_search.search.interrupt import stop_on_signals
+
+        signals.enter_context(stop_on_signals())
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     console = _console(args)
     logging.basicConfig(level=level, handlers=[console])
@@ -266,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "worker_index", None) is None:
             print(f"tdmr-search {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signals.close()
 
 
 def _console(args: argparse.Namespace) -> Console:

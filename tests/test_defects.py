@@ -135,29 +135,26 @@ def _check_stopped(proc: subprocess.Popen, sig: signal.Signals, out: str, err: s
 
 
 def test_sigterm_and_sigint_at_random_points_always_stop_the_run(tmp_path):
-    """20 deliveries at random points (start-up, data, gate, trials, between trials), two runs at a time."""
+    """20 deliveries at random points (start-up, data, gate, trials, between trials), four runs at a time."""
     space = str(_fast_space(tmp_path))
     rng = random.Random(15)
-    for round_ in range(10):
-        procs = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            name = f"s{sig.value}"
-            procs[sig] = _start(["run", "--study", name, "--space", space, "--budget", "1d"], tmp_path)
-        delays = {sig: rng.uniform(0.5, 14.0) for sig in procs}
+    kinds = [signal.SIGTERM, signal.SIGINT] * 2
+    for _ in range(5):
+        procs = [(sig, _start(["run", "--study", f"s{i}", "--space", space, "--budget", "1d"], tmp_path))
+                 for i, sig in enumerate(kinds)]
+        delays = sorted((rng.uniform(1.5, 9.0), i) for i in range(len(procs)))
         start = time.monotonic()
-        for sig in sorted(procs, key=delays.get):
-            time.sleep(max(0.0, delays[sig] - (time.monotonic() - start)))
-            procs[sig].send_signal(sig)
-        for sig, proc in procs.items():
+        for delay, i in delays:
+            time.sleep(max(0.0, delay - (time.monotonic() - start)))
+            procs[i][1].send_signal(procs[i][0])
+        for sig, proc in procs:
             out, err = proc.communicate(timeout=300)  # a lost signal would run for a day: fail, not hang
             _check_stopped(proc, sig, out, err)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        name = f"s{sig.value}"
-        if not (tmp_path / "studies" / f"{name}.db").exists():
+    for i in range(len(kinds)):
+        if not (tmp_path / "studies" / f"s{i}.db").exists():
             continue
-        study = _study(tmp_path, name)
-        states = [t.state for t in study.trials]
-        assert TrialState.RUNNING not in states
+        study = _study(tmp_path, f"s{i}")
+        assert TrialState.RUNNING not in [t.state for t in study.trials]
         for t in study.trials:
             if t.state == TrialState.FAIL:
                 assert t.user_attrs.get("interrupted") and t.user_attrs["failure_reason"].startswith("interrupted by")

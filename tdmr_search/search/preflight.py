@@ -107,12 +107,20 @@ def _hub_weights(name: str) -> tuple[str | None, str]:
         for file in candidates:
             if isinstance(hf.try_to_load_from_cache(repo, file, revision=revision or None), str):
                 return None, "hub, cached"
-        try:
-            hf.get_hf_file_metadata(hf.hf_hub_url(repo, candidates[0], revision=revision or None),
-                                    timeout=REACH_TIMEOUT)
-            return None, "hub, downloaded on first use"
-        except Exception as err:  # offline mode, no route, DNS, proxy, hub errors
-            return f"not cached, and the Hugging Face hub cannot be reached ({_reason(err)})", ""
+        try:  # the hub answered 404 for this file (not LocalEntryNotFoundError: offline and not cached)
+            from huggingface_hub.errors import RemoteEntryNotFoundError as NotOnHub
+        except ImportError:  # huggingface_hub < 1.0
+            from huggingface_hub.utils import EntryNotFoundError as NotOnHub
+        failure: BaseException | None = None
+        for file in candidates:  # a repo may hold only one of them: a missing file is no network problem
+            try:
+                hf.get_hf_file_metadata(hf.hf_hub_url(repo, file, revision=revision or None), timeout=REACH_TIMEOUT)
+                return None, "hub, downloaded on first use"
+            except NotOnHub as err:
+                failure = err
+            except Exception as err:  # offline mode, no route, DNS, proxy, hub errors
+                return f"not cached, and the Hugging Face hub cannot be reached ({_reason(err)})", ""
+        return f"not on the hub ({_reason(failure) if failure else repo})", ""
     if url:
         import urllib.parse
         import urllib.request

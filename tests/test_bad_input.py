@@ -58,6 +58,7 @@ def config(changes: dict[str, Any] | None = None, name: str = "bad.yaml") -> Set
 
 def text(name: str, content: str) -> Setup:
     def setup(folder: Path) -> None:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(content)
 
     return setup
@@ -154,6 +155,29 @@ def optuna_store(name: str, build: Callable[[optuna.Study], None] = lambda s: No
         build(study)
 
     return setup
+
+
+def _one_trial(study: optuna.Study) -> None:
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+
+
+def app_database(name: str, table: str = "customers") -> Setup:
+    """A SQLite file of another application: one table of its own, no Optuna store.
+
+    Not named ``*.db``: the snapshot opens those as study stores (which would add Optuna's tables).
+    """
+
+    def setup(folder: Path) -> None:
+        with contextlib.closing(sqlite3.connect(folder / name)) as con:
+            con.execute(f"create table {table} (id integer primary key, name text)")
+            con.commit()
+
+    return setup
+
+
+#: Nine levels of nine aliases each: 387 million strings once expanded.
+ALIAS_BOMB = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
 
 
 def _pruned_and_failed(study: optuna.Study) -> None:
@@ -428,6 +452,33 @@ CASES = [
          ("Cannot write the report '/proc/nope/report.html'", "choose a writable --out"), smoke=True),
     Case("train-out-is-a-file", train(cfg="tiny.yaml")[:3] + ("--out", "afile"), ("Cannot write to the output folder 'afile'",),
          both(config(name="tiny.yaml"), a_file("afile"))),
+    # --- issue 15: stores that are not ours, limits, names
+    Case("run-foreign-maximize-study", run(study="plain"), ("Study 'plain'", "was not created by tdmr-search",
+                                                            "--adopt-study"),
+         both(space(), optuna_store("plain", _one_trial, direction="maximize"))),
+    Case("run-foreign-minimize-study", run(study="plain"), ("was not created by tdmr-search", "a minimize study"),
+         both(space(), optuna_store("plain", _one_trial, direction="minimize"))),
+    Case("run-app-database", run("--storage", "sqlite:///app.sqlite"),
+         ("not an Optuna study store", "customers", "--allow-other-tables"), both(space(), app_database("app.sqlite"))),
+    Case("run-app-database-with-a-studies-table", run("--storage", "sqlite:///app.sqlite"),
+         ("not an Optuna study store", "studies", "--allow-other-tables"),
+         both(space(), app_database("app.sqlite", "studies"))),
+    Case("status-app-database", ("status", "--study", "s", "--storage", "sqlite:///app.sqlite"),
+         ("not an Optuna study store", "it holds no study to read"), app_database("app.sqlite")),
+    Case("export-into-a-non-empty-folder", ("export", "--study", "smoke", "--best", "--out", "mine"),
+         ("The export folder 'mine' is not empty", "notes.md", "--force"),
+         text("mine/notes.md", "my notes\n"), smoke=True),
+    Case("space-alias-bomb", ("validate", "space.yaml"), ("The search space 'space.yaml'", "YAML aliases"),
+         text("space.yaml", ALIAS_BOMB)),
+    Case("config-alias-bomb", train(), ("The config file 'bad.yaml'", "YAML aliases"), text("bad.yaml", ALIAS_BOMB)),
+    Case("space-too-large", ("validate", "space.yaml"), ("The search space 'space.yaml' is 1.2 MB",
+                                                         "accepted: YAML files up to 1 MB"),
+         text("space.yaml", "# padding\n" * 120_000)),
+    Case("study-name-trailing-newline", run(study="nl\n"), ("The study name must be", "got 'nl\\n'"), space()),
+    Case("store-in-memory", run("--storage", "sqlite:///:memory:"), ("in-memory SQLite database", "sqlite:///PATH"),
+         space()),
+    Case("store-driver-missing", ("status", "--study", "s", "--storage", "postgresql+pg8000://postgres@127.0.0.1/test"),
+         ("needs the PostgreSQL driver 'pg8000'", "cannot be imported", "postgresql+psycopg://")),
 ]
 
 

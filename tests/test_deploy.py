@@ -241,7 +241,7 @@ def test_default_run_output_is_one_line_per_trial(smoke_study):
     for line in trials:  # number, state, value, best so far, student, seconds
         assert re.search(r"\| best \d\.\d{4} \(trial \d+\) \| test_\w+@\d+ \| \d+\.\ds \| \d finished", line), line
     others = [line for line in lines if line not in trials]
-    assert len(others) <= 4, others  # the small-validation warning and the two baselines
+    assert len(others) <= 6, others  # once per run: notes on the pruner and the validation split, the two baselines
 
 
 def test_verbose_run_restores_per_epoch_lines(copy_study):

@@ -30,7 +30,7 @@ data:
 	else echo "note: Fashion-MNIST is missing; install the Debian package dataset-fashion-mnist (tests that need it skip)"; fi
 
 run: setup data
-	$(BIN)/tdmr-search run --study $(STUDY) --space spaces/demo.yaml --budget $(BUDGET)
+	$(BIN)/tdmr-search run --study $(STUDY) --space spaces/demo.yaml --budget $(BUDGET) --reevaluate 2 --folds 2
 
 test: setup data
 	$(BIN)/python -m pytest -q

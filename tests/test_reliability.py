@@ -99,7 +99,8 @@ def test_sigterm_closes_the_trial_as_interrupted_and_run_resumes(tmp_path):
     assert "interrupted" in err.strip().splitlines()[-1]
     study = optuna.load_study(study_name="t", storage=url)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
-    assert study.trials[0].user_attrs["failure_reason"] == "interrupted"
+    assert study.trials[0].user_attrs["failure_reason"] == "interrupted by SIGTERM"
+    assert study.trials[0].user_attrs["interrupted"]  # not counted toward a trial budget
     _integrity(tmp_path, "t")
     run_cli("run", "--study", "t", "--space", str(space), "--budget", "2", "--no-baselines", cwd=tmp_path)
     study = optuna.load_study(study_name="t", storage=url)

@@ -167,9 +167,14 @@ def print_summary(summary: dict[str, Any], shots_list: list[int], methods: list[
 
 
 def report(path: str) -> None:
+    """Print the tables of one run's JSON, or of several (comma-separated) whose runs are merged."""
     import json
 
-    saved = json.loads(open(path).read())
+    parts = [json.loads(open(p).read()) for p in path.split(",")]
+    saved = {**parts[0], "runs": [r for part in parts for r in part["runs"]],
+             "complete": all(part.get("complete") for part in parts),
+             "shots": sorted({s for part in parts for s in part["shots"]}),
+             "command": " + ".join(part["command"] for part in parts)}
     runs = saved["runs"]
     shots_list = [s for s in saved["shots"] if any(r["shots"] == s for r in runs)]
     methods = [m for m in saved["methods"] if any(r["method"] == m for r in runs)]
@@ -200,7 +205,8 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHOD_ORDER))
     p.add_argument("--test-limit", type=int, default=None, help="stratified test subset (default: all 10,000)")
     add_settings(p)
-    p.add_argument("--report", metavar="JSON", help="print the tables of an earlier (possibly cut-short) run and exit")
+    p.add_argument("--report", metavar="JSON[,JSON]",
+                   help="print the tables of an earlier (possibly cut-short) run, or of several merged, and exit")
     p.add_argument("--cache", default=str(RESULTS / "transfer-cache"),
                    help="teacher cache folder (features and stage-1 outcomes; delete it to measure from cold)")
     args = p.parse_args()

@@ -829,7 +829,8 @@ def summary(study: optuna.Study, url: str, store_dir: Path) -> str:
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     counts["INTERRUPTED"] = sum(t.state == TrialState.FAIL and bool(t.user_attrs.get("interrupted")) for t in trials)
     counts["FAIL"] -= counts["INTERRUPTED"]  # stopped by a signal or the deadline: not the trial's own failure
-    lines = [f"study {study.study_name!r}: " + ", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c)]
+    lines = [f"study {study.study_name!r}: " + (", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c)
+                                                or "no trials")]
     try:
         if len(study.directions) == 1:
             best = pick(study)

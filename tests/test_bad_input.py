@@ -407,7 +407,7 @@ CASES = [
     Case("workers-too-many-on-sqlite", run("--workers", "9"), ("SQLite serves at most 4 local workers", "PostgreSQL"), space()),
     Case("sampler-unknown", run("--sampler", "nosuch"), ("--sampler must be one of tpe, random, gp, nsga2", "got 'nosuch'"),
          space()),
-    Case("pruner-unknown", run("--pruner", "nosuch"), ("--pruner must be one of hyperband, median, halving, none",), space()),
+    Case("pruner-unknown", run("--pruner", "nosuch"), ("--pruner must be one of auto, median, halving, hyperband, none",), space()),
     Case("sampler-gp-two-objectives", run("--sampler", "gp", "--two-objective"), ("--sampler gp searches one objective",),
          space()),
     Case("study-name-invalid", run(study="my study!"), ("The study name must be 1-128 letters", "got 'my study!'"), space()),

@@ -33,13 +33,15 @@ NON_DEFAULT = PipelineConfig(
     compile=True,
     max_flops="20M",
     data=DataConfig(dataset="digits", root="/tmp/somewhere", download=True, shots=None, fraction=0.5,
-                    val_fraction=0.3, image_size=16, test_limit=100, augment_views=2),
+                    val_fraction=0.3, image_size=16, test_limit=100, augment_views=2, unlabeled=300, mixup=50,
+                    split_seed=3),
     teacher=TeacherConfig(name="test_vit", weights="random", input_size=32),
     reprogram=ReprogramConfig(transform="scale_pad", pad=3, projector="mlp", proxy_dim=17, epochs=2, lr=1e-5,
                               weight_decay=0.01, batch_size=8),
     student=StudentConfig(name="test_resnet", resolution=24, projector="mlp", pretrained=True),
     distill=DistillConfig(n_stages=4, temperature=2.5, temperature_schedule="anneal", feature_loss="cosine",
-                          epochs=9, lr=2.5e-4, weight_decay=0.0, batch_size=16, bn_recalibrate=False),
+                          epochs=9, lr=2.5e-4, weight_decay=0.0, batch_size=16, labelled_batch=4,
+                          bn_recalibrate=False),
 )
 
 

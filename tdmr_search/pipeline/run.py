@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tdmr_search import __version__
+from tdmr_search import __version__, progress
 from tdmr_search.config import PipelineConfig, dump_config, format_flops, load_config
 from tdmr_search.data import TargetData, load_data
 from tdmr_search.errors import BudgetError, ModelError, TdmrError
@@ -47,6 +47,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
+#: Teacher passes over more images than this report their progress (``tdmr_search.progress``).
+PASS_PROGRESS_IMAGES = 1000
 #: Batch-norm re-estimation passes over the train images and at most this many images in all.
 BN_IMAGES = 4096
 
@@ -126,9 +128,12 @@ def deployed_cost(config: PipelineConfig, in_chans: int, image_size: int, num_cl
 
 
 @torch.no_grad()
-def _predict(fn: Any, images: torch.Tensor, runtime: Runtime, batch: int = EVAL_BATCH) -> torch.Tensor:
+def _predict(fn: Any, images: torch.Tensor, runtime: Runtime, batch: int = EVAL_BATCH,
+             label: str | None = None) -> torch.Tensor:
+    """``fn`` over ``images`` in batches; a ``label`` reports the pass's progress (long teacher passes)."""
     outs = []
-    for start in range(0, len(images), batch):
+    starts = range(0, len(images), batch)
+    for start in (progress.track(starts, label=label, unit=f"batches of {batch}") if label else starts):
         with runtime.autocast():
             outs.append(fn(runtime.put(images[start : start + batch])).float())
     return torch.cat(outs) if outs else torch.zeros(0)
@@ -150,16 +155,17 @@ def teacher_features(config: PipelineConfig, runtime: Runtime, cache: Any = None
     """
     built: list[FrozenTeacher] = [] if teacher is None else [teacher]
 
-    def compute(images: torch.Tensor) -> torch.Tensor:
+    def compute(split: str, images: torch.Tensor) -> torch.Tensor:
         if not built:
             built.append(runtime.module(build_teacher(config.teacher)))
             runtime.compiled(built[0].model, "forward_features")
-        return _probe_features(built[0], images, runtime).cpu()
+        label = f"teacher pass ({split}, {len(images)} images)" if len(images) > PASS_PROGRESS_IMAGES else None
+        return _probe_features(built[0], images, runtime, label).cpu()
 
     def features(split: str, images: torch.Tensor) -> torch.Tensor:
         if cache is None:
-            return compute(images)
-        return cache.features(config, split, images, lambda: compute(images))
+            return compute(split, images)
+        return cache.features(config, split, images, lambda: compute(split, images))
 
     return features
 
@@ -235,7 +241,9 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
     val_out = outputs(f_val if static else data.val.images)
     unl_out = None
     if len(data.unlabeled):
-        unl_out = outputs(f_unl if static else data.unlabeled)  # one teacher pass over the pool per setting
+        unl_out = (outputs(f_unl) if static else  # one teacher pass over the pool per trainable setting
+                   _predict(lambda x: torch.cat(list(model.forward(x).values()), 1), data.unlabeled, runtime,
+                            label=f"teacher pass (unlabeled, {len(data.unlabeled)} images)"))
     d = rcfg.proxy_dim
     state = {name: {k: v.detach().cpu() for k, v in getattr(model, name).state_dict().items()}
              for name in ("transform", "projector", "classifier")}
@@ -378,10 +386,11 @@ class _Cycle:
         return torch.cat(out)
 
 
-def _probe_features(teacher: FrozenTeacher, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+def _probe_features(teacher: FrozenTeacher, images: torch.Tensor, runtime: Runtime,
+                    label: str | None = None) -> torch.Tensor:
     """The frozen teacher's pooled features of ``images`` behind the ``resize`` front end."""
     transform = runtime.module(build_transform("resize", teacher.input_size, teacher.mean, teacher.std))
-    return _predict(lambda x: teacher(transform(x)), images, runtime)
+    return _predict(lambda x: teacher(transform(x)), images, runtime, label=label)
 
 
 def reference_labels(config: PipelineConfig, data: TargetData, cache: Any = None,

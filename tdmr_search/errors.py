@@ -57,5 +57,5 @@ class Interrupted(TdmrError):
     summary: str | None = None
 
 
-class DiskError(TdmrError):
+class DiskError(StudyError):
     """A file cannot be written (disk full, read-only file system, permission denied): the run stops."""

@@ -217,13 +217,16 @@ def test_predict_failures_are_one_line(exported, tmp_path):
 
 
 def test_predict_a_trained_folder_without_onnx(tmp_path, mixed_folder):
-    """`train --out` writes no ONNX file: predict runs the PyTorch model and uses its class names."""
+    """`train --out` writes the deployment as export does; without its ONNX file predict runs PyTorch."""
     from conftest import TINY_CONFIG
 
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_CONFIG))
     run_cli("train", "--config", str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
-    assert not (tmp_path / "run" / "student.onnx").exists()
+    info = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert info["class_names"] == [str(i) for i in range(10)] and "preprocessing" in info
+    assert (tmp_path / "run" / "student.onnx").exists() and info["onnx"]["argmax_agree"] == info["onnx"]["images"]
+    (tmp_path / "run" / "student.onnx").unlink()
     folder, _ = mixed_folder
     proc = run_cli("predict", "--model", str(tmp_path / "run"), str(folder / "grey.png"), str(folder / "rgba.png"),
                    cwd=tmp_path)

@@ -544,16 +544,17 @@ def save_result(result: PipelineResult, out_dir: str | Path) -> Path:
     if result.model is not None and result.data is not None:
         from safetensors.torch import save_file
 
+        from tdmr_search.deploy import write_deployment
+
         save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(out / MODEL_FILE))
-        info = {
-            "format": "tdmr-search deployed student", "tdmr_search_version": __version__,
+        deployed = {
             "student": result.config.student.name, "resolution": result.config.student.resolution,
             "in_chans": result.data.channels, "image_size": result.data.image_size,
             "num_classes": result.data.num_classes, "proxy_dim": result.config.reprogram.proxy_dim,
-            "class_names": result.data.class_names, "weights": MODEL_FILE,
-            "input": "N x in_chans x image_size x image_size float images with values in [0, 1]",
+            "class_names": result.data.class_names,
         }
-        (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+        # model.json (class names, preprocessing) and student.onnx checked against PyTorch, as export writes them
+        write_deployment(out, result.config, deployed, model=result.model, data=result.data)
     return out
 
 

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tdmr_search.config import config_from_dict
 from tdmr_search.data import TargetData, load_data
-from tdmr_search.errors import TdmrError
+from tdmr_search.errors import Interrupted, TdmrError
 
 __all__ = [
     "ATTR", "REEVALUATE_DEFAULT", "FOLDS_DEFAULT", "REEVALUATE_SHARE", "reevaluate", "reevaluation", "pick", "ranked",
@@ -88,15 +88,17 @@ def reevaluate(study: optuna.Study, data: TargetData, k: int, folds: int, cache:
             on_epoch_end(step, metrics)
 
     for trial in _single_best(study, k):
-        record = reevaluation(study)
-        entry = record.get(trial.number) or {
-            "val_acc_seeds": [trial.user_attrs.get("val_acc", trial.values[0])],
-            "test_acc_seeds": [trial.user_attrs.get("test_acc")],
-            "split_seeds": [None],
-        }
         config = config_from_dict(trial.user_attrs["config"])
-        while len(entry["val_acc_seeds"]) < folds:
+        while True:
             check_stop()
+            record = reevaluation(study)  # read again before every run: another process may share the study
+            entry = record.get(trial.number) or {
+                "val_acc_seeds": [trial.user_attrs.get("val_acc", trial.values[0])],
+                "test_acc_seeds": [trial.user_attrs.get("test_acc")],
+                "split_seeds": [None],
+            }
+            if len(entry["val_acc_seeds"]) >= folds:
+                break
             fold = len(entry["val_acc_seeds"])
             split_seed = config.seed + fold
             if fold not in fold_data:
@@ -107,15 +109,20 @@ def reevaluate(study: optuna.Study, data: TargetData, k: int, folds: int, cache:
                 m = run_pipeline(config.replace({"data.split_seed": split_seed}), callback, data=fold_data[fold],
                                  cache=cache).metrics
                 val, test = float(m["val_acc"]), m.get("test_acc")
+            except Interrupted:  # a signal or the deadline: this fold is not recorded, a rerun does it
+                raise
             except TdmrError as err:  # recorded as a failed fold: the configuration cannot be trusted
                 logger.warning("re-evaluation of trial %d failed on fold %d: %s", trial.number, fold + 1, err)
                 val, test = 0.0, None
-            entry["val_acc_seeds"].append(val)
-            entry["test_acc_seeds"].append(test)
-            entry["split_seeds"].append(split_seed)
-            _summarise(entry)
-            record[trial.number] = entry
-            study.set_user_attr(ATTR, {str(n): e for n, e in sorted(record.items())})
+            record = reevaluation(study)  # merge into what is there now; a fold another process added wins
+            entry = record.get(trial.number) or entry
+            if len(entry["val_acc_seeds"]) == fold:
+                entry["val_acc_seeds"].append(val)
+                entry["test_acc_seeds"].append(test)
+                entry["split_seeds"].append(split_seed)
+                _summarise(entry)
+                record[trial.number] = entry
+                study.set_user_attr(ATTR, {str(n): e for n, e in sorted(record.items())})
     return reevaluation(study)
 
 

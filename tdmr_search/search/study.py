@@ -465,7 +465,7 @@ def run_search(space_path: str, study_name: str, storage: str | None, budget: st
             else:
                 text = _run_here(space, study_name, url, n_trials, search_deadline, sampler, pruner, seed,
                                  two_objective, artifacts, progress, baselines and not finish, teacher_cache,
-                                 1 if one_trial else trials_here, options, created)
+                                 1 if one_trial else trials_here, options, created, trial_deadline=deadline)
             if finish:
                 text = _finish(space, study_name, url, artifacts, deadline, reevaluate, folds, baselines, teacher_cache)
             return text
@@ -654,7 +654,9 @@ def _study_metrics(study: optuna.Study, two_objective: bool) -> None:
 def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | None, deadline: float | None,
               sampler: str, pruner: str, seed: int, two_objective: bool, artifacts: str | None, progress: bool,
               baselines: bool, teacher_cache: bool, max_trials_this_process: int | None,
-              options: StoreOptions, created: list[Path]) -> str:
+              options: StoreOptions, created: list[Path], trial_deadline: float | None = None) -> str:
+    """Run the search in this process until ``deadline``; a trial running then may go on until
+    ``trial_deadline`` (the whole budget's end, when part of it is kept for re-evaluation)."""
     from tdmr_search.search.preflight import preflight
 
     checked = preflight(space, between=lambda: _check_stop(None))  # the same pre-flight as `validate`
@@ -688,7 +690,7 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
             created.append(cache_dir)
         cache = TeacherCache.beside(cache_dir)
     objective = Objective(space, fit, data, artifact_store=store, two_objective=two_objective, teacher_cache=cache,
-                          stop=lambda: _stop_reason(deadline), store_dir=store_dir)
+                          stop=lambda: _stop_reason(trial_deadline or deadline), store_dir=store_dir)
     signal = (f"the pruning signal, after every stage-2 epoch: {objective.signal}; validation accuracy is the "
               "objective (val_curve)")
     if not two_objective and study.user_attrs.get("intermediate_values") != signal:
@@ -715,7 +717,7 @@ def _run_here(space: SearchSpace, study_name: str, url: str, n_trials: int | Non
                 todo = max_trials_this_process if todo is None else min(todo, max_trials_this_process)
             study.optimize(objective, n_trials=todo, timeout=None if deadline is None else deadline - time.monotonic(),
                            catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
-        _check_stop(deadline)
+        _check_stop(None if trial_deadline else deadline)  # the search's share ending is no stop: the rest follows
         if baselines and not two_objective:
             _baselines(study, space, data, deadline, cache)
     except Interrupted as err:

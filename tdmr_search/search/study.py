@@ -180,7 +180,7 @@ def open_storage(url: str, heartbeat: bool = True, wal: bool = False,
         _check_tables(url, engine_kwargs, allow_other_tables)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
+            storage = _create_storage(url, engine_kwargs, kw)
     except ImportError as err:
         raise _driver_error(url, err) from None
     except StudyError:
@@ -195,6 +195,23 @@ def open_storage(url: str, heartbeat: bool = True, wal: bool = False,
         with storage.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _create_storage(url: str, engine_kwargs: dict[str, Any], kw: dict[str, Any]) -> RDBStorage:
+    """``RDBStorage(url)``; when two processes create a new store's schema at once, the loser's
+    insert of the schema version fails on a unique constraint: the schema is there now, so the
+    second try opens it."""
+    import sqlalchemy.exc
+
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
+            if attempt == 2 or is_disk_error(err) or ("UNIQUE" not in str(err) and "locked" not in str(err)
+                                                      and "already exists" not in str(err)):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def load_study(study: str, storage: str | None) -> optuna.Study:

@@ -1059,16 +1059,7 @@ def _run_workers(space_path: str, study_name: str, url: str, n_trials: int | Non
         raise StudyError("; ".join(failures) + f"; the study {study_name!r} keeps every finished trial, run again to resume")
     study = load_study(study_name, url)
     store_dir = artifact_dir(study_name, url if url.startswith("sqlite") else None, artifacts)
-    if baselines and not two_objective and not _stop_reason(deadline):
-        space = load_space(space_path)
-        try:
-            _baselines(study, space, load_data(space.base.data, space.base.seed), deadline)
-        except Interrupted as err:
-            if interrupt.requested():
-                err.summary = summary(study, url, store_dir)
-                raise
-            logger.warning("the --budget deadline passed: baselines %s", err)
-    return summary(study, url, store_dir)
+    return summary(study, url, store_dir)  # re-evaluation and baselines: run_search's _finish, after the workers
 
 
 def _budget_spent(study_name: str, url: str, n_trials: int | None, deadline: float | None) -> bool:

@@ -44,9 +44,22 @@ def digits_data():
     return load_data(DataConfig(**TINY_CONFIG["data"]), 0)
 
 
+def cli_args(args: tuple[str, ...] | list[str]) -> list[str]:
+    """``args`` for ``tdmr-search``; a ``run`` without ``--reevaluate`` gets ``--reevaluate 0``.
+
+    Re-evaluation (on by default for users) adds up to K x (folds - 1) training runs to a study;
+    only the tests of re-evaluation itself (test_selection.py) need them, and they ask explicitly.
+    """
+    args = list(args)
+    if args[:1] == ["run"] and "--reevaluate" not in args:
+        args += ["--reevaluate", "0"]
+    return args
+
+
 def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m tdmr_search ARGS`` in ``cwd`` as a user would."""
+    """Run ``python -m tdmr_search ARGS`` in ``cwd`` as a user would (``run``: see ``cli_args``)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = tuple(cli_args(args))
     proc = subprocess.run([sys.executable, "-m", "tdmr_search", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
     if check and proc.returncode != 0:

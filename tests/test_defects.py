@@ -33,7 +33,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, SMOKE_SPACE, run_cli
+from conftest import ROOT, SMOKE_SPACE, cli_args, run_cli
 from optuna.trial import TrialState
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -57,7 +57,7 @@ def _fast_space(folder: Path, epochs: int = 4, name: str = "fast.yaml", mutate=N
 
 
 def _start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tdmr_search", *args], cwd=cwd, env=_env(**env),
+    return subprocess.Popen([sys.executable, "-m", "tdmr_search", *cli_args(args)], cwd=cwd, env=_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, SMOKE_SPACE, run_cli
+from conftest import ROOT, SMOKE_SPACE, cli_args, run_cli
 from optuna.trial import TrialState
 
 DATABASES = {
@@ -40,7 +40,7 @@ def _fast_space(tmp_path: Path, epochs: int = 4) -> Path:
 
 
 def _start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tdmr_search", *args], cwd=cwd, env=_env(**env),
+    return subprocess.Popen([sys.executable, "-m", "tdmr_search", *cli_args(args)], cwd=cwd, env=_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

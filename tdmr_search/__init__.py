@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
 __all__ = [
     "__version__",
     "TdmrError",
@@ -22,6 +20,7 @@ __all__ = [
 
 from tdmr_search.config import PipelineConfig, load_config
 from tdmr_search.errors import TdmrError
+from tdmr_search.version import __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,9 @@
 """The direction of imports (DESIGN.md section 6), checked by parsing the package with ``ast``.
 
 errors/registry -> config -> data -> models -> pipeline -> search -> export/report -> cli.
-Imports inside functions count too: a lazy import is still a dependency.
+Imports inside functions count too: a lazy import is still a dependency. The package root
+(``tdmr_search/__init__.py``) re-exports the pipeline, so it sits at the top: a module below the
+CLI imports ``__version__`` from ``tdmr_search.version``, never ``from tdmr_search import``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tdmr_search"
 
 #: Layer of each part of the package; a module may import only from its own layer or below.
 LAYERS = {
-    "errors": 0, "registry": 0, "fsio": 0, "yamlio": 0, "progress": 0,
+    "errors": 0, "registry": 0, "fsio": 0, "yamlio": 0, "progress": 0, "version": 0,
     "config": 1,
     "data": 2,
     "models": 3, "deploy": 3,
     "pipeline": 4,
     "search": 5,
     "export": 6, "report": 6, "predict": 6,
-    "cli": 7, "console": 7,
+    "cli": 7, "console": 7, "__init__": 7,  # __init__: the package root, `from tdmr_search import X`
     "__main__": 8,
 }
 #: Third-party packages only some parts may import (paths relative to the package).
@@ -57,11 +59,20 @@ def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """Every module ``path`` imports, absolute, with its line number."""
+def _is_module(name: str) -> bool:
+    """Whether the dotted ``name`` is a module or package of tdmr_search, not a name defined in one."""
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _imports_in(tree: ast.Module, package: str) -> list[tuple[str, int]]:
+    """Every module ``tree`` (a module of ``package``) imports, absolute, with its line number.
+
+    ``from tdmr_search import progress`` imports the module ``tdmr_search.progress``;
+    ``from tdmr_search import __version__`` imports the package root ``tdmr_search``.
+    """
     out = []
-    package = ".".join(("tdmr_search", *path.relative_to(PACKAGE).parent.parts))
-    for node in ast.walk(_tree(path)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -70,10 +81,19 @@ def _imports(path: Path) -> list[tuple[str, int]]:
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
-            out.append((name, node.lineno))
-            if name in ("tdmr_search",) + tuple(f"tdmr_search.{p}" for p in ("models", "pipeline", "search")):
-                out += [(f"{name}.{alias.name}", node.lineno) for alias in node.names]  # from pkg import submodule
+            if name.split(".")[0] != "tdmr_search":
+                out.append((name, node.lineno))
+                continue
+            modules = [f"{name}.{alias.name}" for alias in node.names if _is_module(f"{name}.{alias.name}")]
+            out += [(module, node.lineno) for module in modules]
+            if len(modules) < len(node.names):  # some names come from the package's own __init__
+                out.append((name, node.lineno))
     return out
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """Every module ``path`` imports, absolute, with its line number."""
+    return _imports_in(_tree(path), ".".join(("tdmr_search", *path.relative_to(PACKAGE).parent.parts)))
 
 
 def _who_imports(top: str) -> dict[str, list[int]]:
@@ -89,6 +109,13 @@ def test_the_parser_sees_lazy_imports():
     # cli.py imports optuna only inside a handler: the walk must still find it
     assert "cli.py" in _who_imports("optuna")
     assert "report.py" in _who_imports("plotly") or not (PACKAGE / "report.py").exists()
+
+
+def test_the_parser_tells_the_package_root_from_its_modules():
+    tree = ast.parse("from tdmr_search import __version__, progress\nfrom . import flops\nimport tdmr_search\n")
+    assert sorted(_imports_in(tree, "tdmr_search.models")) == [
+        ("tdmr_search", 1), ("tdmr_search", 3), ("tdmr_search.models.flops", 2), ("tdmr_search.progress", 1),
+    ]
 
 
 def test_every_module_has_a_layer():
@@ -133,11 +160,12 @@ def test_imports_flow_one_way():
             continue  # reported by test_every_module_has_a_layer
         for name, line in _imports(path):
             parts = name.split(".")
-            if parts[0] != "tdmr_search" or len(parts) == 1:
+            if parts[0] != "tdmr_search":
                 continue
-            other = LAYERS.get(parts[1])
+            other = LAYERS["__init__"] if len(parts) == 1 else LAYERS.get(parts[1])
             if other is not None and other > own:
-                offenders.append(f"{rel}:{line} (layer {own}) imports {name} (layer {other})")
+                root = " (the package root; __version__ is in tdmr_search.version)" if len(parts) == 1 else ""
+                offenders.append(f"{rel}:{line} (layer {own}) imports {name} (layer {other}){root}")
     assert not offenders, offenders
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 
 from tdmr_search.errors import ConfigError
-from tdmr_search.registry import closest
+from tdmr_search.registry import FEATURE_LOSSES, PROJECTORS, TRANSFORMS, did_you_mean
 from tdmr_search.yamlio import load_yaml
 
 __all__ = [
@@ -33,20 +34,15 @@ __all__ = [
     "parse_flops",
     "format_flops",
     "METHODS",
-    "TRANSFORMS",
-    "PROJECTORS",
-    "FEATURE_LOSSES",
     "TEMPERATURE_SCHEDULES",
+    "DEVICES",
 ]
 
 #: Pipelines a config can run: TDMR itself and the three baselines of DESIGN.md section 2.
 METHODS = ("tdmr", "scratch", "kd", "probe")
-#: Reprogramming input transforms (the registry in ``models.transforms`` must match).
-TRANSFORMS = ("resize", "additive", "pad", "scale_pad", "conv")
-#: Projectors into the proxy space (the registry in ``models.heads`` must match).
-PROJECTORS = ("linear", "mlp")
-FEATURE_LOSSES = ("mse", "cosine", "cka")
+#: How the distillation temperature moves across the phases.
 TEMPERATURE_SCHEDULES = ("constant", "anneal")
+#: Where a run computes.
 DEVICES = ("auto", "cpu", "cuda")
 
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -79,13 +75,9 @@ def format_flops(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _check_choice(problems: list[str], where: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _check_choice(problems: list[str], where: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        msg = f"{where} must be one of {', '.join(allowed)}; got {value!r}"
-        hint = closest(str(value), allowed)
-        if hint:
-            msg += f" (did you mean {hint[0]!r}?)"
-        problems.append(msg)
+        problems.append(f"{where} must be one of {', '.join(allowed)}; got {value!r}{did_you_mean(value, allowed)}")
 
 
 def _check_range(
@@ -225,8 +217,8 @@ class ReprogramConfig(_Section):
 
     def problems(self) -> list[str]:
         p: list[str] = []
-        _check_choice(p, "reprogram.transform", self.transform, TRANSFORMS)
-        _check_choice(p, "reprogram.projector", self.projector, PROJECTORS)
+        _check_choice(p, "reprogram.transform", self.transform, TRANSFORMS.names())
+        _check_choice(p, "reprogram.projector", self.projector, PROJECTORS.names())
         _check_range(p, "reprogram.pad", self.pad, 1, 256)
         _check_range(p, "reprogram.proxy_dim", self.proxy_dim, 1, 65536)
         _check_range(p, "reprogram.epochs", self.epochs, 1)
@@ -255,7 +247,7 @@ class StudentConfig(_Section):
         p: list[str] = []
         if not isinstance(self.name, str) or not self.name:
             p.append(f"student.name must be a timm model name; got {self.name!r}")
-        _check_choice(p, "student.projector", self.projector, PROJECTORS)
+        _check_choice(p, "student.projector", self.projector, PROJECTORS.names())
         _check_range(p, "student.resolution", self.resolution, 8, 1024)
         return p
 
@@ -295,7 +287,7 @@ class DistillConfig(_Section):
         _check_range(p, "distill.n_stages", self.n_stages, 1, 4)
         _check_range(p, "distill.temperature", self.temperature, 0.0, 100.0, low_open=True)
         _check_choice(p, "distill.temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
-        _check_choice(p, "distill.feature_loss", self.feature_loss, FEATURE_LOSSES)
+        _check_choice(p, "distill.feature_loss", self.feature_loss, FEATURE_LOSSES.names())
         _check_range(p, "distill.epochs", self.epochs, 1)
         _check_range(p, "distill.lr", self.lr, 0.0, 10.0, low_open=True)
         _check_range(p, "distill.weight_decay", self.weight_decay, 0.0)
@@ -434,11 +426,8 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
     names = [f.name for f in fields(cls)]
     for key in raw:
         if key not in names:
-            msg = f"Unknown setting {(where + '.' if where else '') + str(key)!r}"
-            hint = closest(str(key), names)
-            msg += f" (did you mean {hint[0]!r}?)" if hint else ""
-            msg += f"; accepted{(' in ' + where) if where else ''}: {', '.join(names)}"
-            problems.append(msg)
+            problems.append(f"Unknown setting {(where + '.' if where else '') + str(key)!r}{did_you_mean(key, names)}; "
+                            f"accepted{(' in ' + where) if where else ''}: {', '.join(names)}")
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         if f.name not in raw:

@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from tdmr_search.config import DataConfig
 from tdmr_search.errors import DataError
-from tdmr_search.registry import Registry, closest
+from tdmr_search.registry import Registry, did_you_mean
 
 __all__ = [
     "ImageSplit", "TargetData", "RawDataset", "DATASETS", "load_data", "select_labelled", "dataset_names", "add_views",
@@ -357,11 +357,8 @@ def _raw(cfg: DataConfig) -> RawDataset:
     if name in TORCHVISION_SPLITS:
         return _torchvision(name, cfg.root, cfg.download, cfg.image_size)
     if name not in DATASETS:
-        hint = closest(name, dataset_names())
-        raise DataError(
-            f"Unknown dataset {name!r} in data.dataset; accepted: {', '.join(dataset_names())}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
+        raise DataError(f"Unknown dataset {name!r} in data.dataset; accepted: {', '.join(dataset_names())}"
+                        + did_you_mean(name, dataset_names()))
     return DATASETS.create(name, root=cfg.root, download=cfg.download, image_size=cfg.image_size)
 
 

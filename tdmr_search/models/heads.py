@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tdmr_search.registry import Registry
+from tdmr_search.registry import PROJECTORS
 
 __all__ = ["PROJECTORS", "build_projector", "build_classifier"]
-
-PROJECTORS: Registry[nn.Module] = Registry("projector")
 
 
 @PROJECTORS.register("linear")

@@ -9,7 +9,7 @@ import timm
 import torch.nn as nn
 
 from tdmr_search.errors import ModelError
-from tdmr_search.registry import closest
+from tdmr_search.registry import did_you_mean
 
 __all__ = ["check_model_name", "create_timm", "feature_dim"]
 
@@ -20,11 +20,8 @@ def check_model_name(name: str, field: str) -> None:
     """Raise :class:`ModelError` unless ``name`` is a timm model, suggesting close names."""
     if timm.is_model(name):
         return
-    hint = closest(name, timm.list_models(), n=3)
-    raise ModelError(
-        f"{field} names {name!r}, which is not a timm model; accepted: any name in timm.list_models()"
-        + (f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else "")
-    )
+    raise ModelError(f"{field} names {name!r}, which is not a timm model; accepted: any name in timm.list_models()"
+                     + did_you_mean(name, timm.list_models()))
 
 
 def create_timm(name: str, field: str, img_size: int | None = None, **kwargs: Any) -> nn.Module:

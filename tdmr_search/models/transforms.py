@@ -12,11 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tdmr_search.registry import Registry
+from tdmr_search.registry import TRANSFORMS
 
 __all__ = ["TRANSFORMS", "InputTransform", "build_transform", "to_rgb_resized"]
-
-TRANSFORMS: Registry[nn.Module] = Registry("input transform")
 
 
 def to_rgb_resized(x: torch.Tensor, size: int) -> torch.Tensor:

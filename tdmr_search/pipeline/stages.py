@@ -14,13 +14,11 @@ import torch.nn.functional as F
 from tdmr_search.models.students import DeployedStudent
 from tdmr_search.models.teachers import FrozenTeacher
 from tdmr_search.models.transforms import InputTransform
-from tdmr_search.registry import Registry
+from tdmr_search.registry import FEATURE_LOSSES
 
 __all__ = [
     "ReprogrammedTeacher", "ProgressiveDistiller", "Phase", "plan_phases", "FEATURE_LOSSES", "kd_loss",
 ]
-
-FEATURE_LOSSES: Registry = Registry("feature loss")
 
 
 @FEATURE_LOSSES.register("mse")

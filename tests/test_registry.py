@@ -14,7 +14,7 @@ from tdmr_search.config import TeacherConfig
 from tdmr_search.data import DATASETS, FASHION_MNIST_ROOT, RawDataset
 from tdmr_search.errors import ConfigError, ModelError
 from tdmr_search.models.heads import PROJECTORS, build_projector
-from tdmr_search.models.teachers import WEIGHT_SOURCES, FrozenTeacher, build_teacher
+from tdmr_search.models.teachers import WEIGHT_SOURCES, FrozenTeacher, build_teacher, read_weights_file
 from tdmr_search.models.transforms import TRANSFORMS, build_transform
 from tdmr_search.pipeline.stages import FEATURE_LOSSES
 from tdmr_search.registry import Registry, did_you_mean
@@ -266,6 +266,18 @@ def test_weights_file_teacher_loads_exactly(tmp_path, suffix):
         assert torch.equal(loaded(x), source(x))
     with pytest.raises(ModelError, match="does not fit teacher 'test_resnet'"):
         build_teacher(TeacherConfig(name="test_resnet", weights=str(path), input_size=32))
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: s,
+    lambda s: {"state_dict": s, "epoch": 3},
+    lambda s: {"model": s},
+    lambda s: {"model_state_dict": {f"module.{k}": v for k, v in s.items()}, "optimizer_state_dict": {}},
+], ids=["plain", "state_dict", "model", "model_state_dict-of-ddp"])
+def test_weights_file_checkpoint_wrappers_are_unwrapped(tmp_path, wrap):
+    state = {"fc.weight": torch.ones(2, 2), "fc.bias": torch.zeros(2)}
+    torch.save(wrap(state), tmp_path / "w.pth")
+    assert read_weights_file(tmp_path / "w.pth").keys() == state.keys()
 
 
 # ----------------------------------------------------------------------------- datasets

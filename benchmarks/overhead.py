@@ -95,8 +95,10 @@ def install(acc: Accountant) -> dict[str, Any]:
     """Wrap the real calls; return what the study setup and optimize took (filled in later)."""
     import optuna
 
+    import tdmr_search.data as data_mod
     import tdmr_search.pipeline.run as run_mod
     import tdmr_search.search.objective as obj_mod
+    import tdmr_search.search.preflight as preflight_mod
     import tdmr_search.search.study as study_mod
 
     setup: dict[str, Any] = {"seconds": collections.defaultdict(float), "optimize_seconds": 0.0, "study": None}
@@ -111,8 +113,8 @@ def install(acc: Accountant) -> dict[str, Any]:
                 setup["seconds"][name] += time.perf_counter() - t0
         return timed
 
-    study_mod.load_data = setup_timer("load_data", study_mod.load_data)
-    study_mod.feasible_students = setup_timer("feasible_students_gate", study_mod.feasible_students)
+    data_mod.load_data = setup_timer("load_data", data_mod.load_data)  # the pre-flight imports it when it runs
+    preflight_mod.feasible_students = setup_timer("feasible_students_gate", preflight_mod.feasible_students)
     study_mod.open_storage = setup_timer("open_storage", study_mod.open_storage)
 
     real_create = optuna.create_study
@@ -160,6 +162,7 @@ def main() -> None:
     setup(args)
     n_trials = args.trials or (3 if args.quick else 8)
 
+    from tdmr_search.search.settings import SearchSettings
     from tdmr_search.search.study import run_search
 
     acc = Accountant()
@@ -168,8 +171,9 @@ def main() -> None:
     url = f"sqlite:///{tmp / 'overhead.db'}"
     t0 = time.perf_counter()
     try:
-        run_search(args.space, "overhead", url, str(n_trials), sampler="tpe", pruner=args.pruner, seed=args.seed,
-                   artifacts=str(tmp / "artifacts"), progress=False, baselines=False, teacher_cache=True)
+        run_search(SearchSettings(args.space, "overhead", str(n_trials), storage=url, sampler="tpe", pruner=args.pruner,
+                                  seed=args.seed, artifacts=str(tmp / "artifacts"), progress=False, baselines=False,
+                                  teacher_cache=True, reevaluate=0))
         total_run = time.perf_counter() - t0
         study = state["study"]
         trials = [{

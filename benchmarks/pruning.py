@@ -42,14 +42,16 @@ GOAL_ACC_POINTS = 1.0
 def run_study(space: str, pruner: str, n_trials: int, seed: int, folder: Path) -> dict[str, Any]:
     from optuna.trial import TrialState
 
-    from tdmr_search.search.study import load_study, run_search
+    from tdmr_search.search.settings import SearchSettings
+    from tdmr_search.search.storage import load_study
+    from tdmr_search.search.study import run_search
 
     url = f"sqlite:///{folder / f'{pruner}-{seed}.db'}"
     t0 = time.perf_counter()
     # artifacts in folder/<pruner>-artifacts: the teacher cache goes to folder/pruning-cache for every study
-    run_search(space, "pruning", url, str(n_trials), sampler="tpe", pruner=pruner, seed=seed,
-               artifacts=str(folder / f"{pruner}-{seed}-artifacts"), progress=False, baselines=False,
-               teacher_cache=True, reevaluate=0)
+    run_search(SearchSettings(space, "pruning", str(n_trials), storage=url, sampler="tpe", pruner=pruner, seed=seed,
+                              artifacts=str(folder / f"{pruner}-{seed}-artifacts"), progress=False, baselines=False,
+                              teacher_cache=True, reevaluate=0))
     wall = time.perf_counter() - t0
     study = load_study("pruning", url)
     trials = []

@@ -40,8 +40,10 @@ def main() -> None:
     from tdmr_search.data import load_data
     from tdmr_search.pipeline.cache import TeacherCache
     from tdmr_search.search.reevaluate import pick, reevaluate
+    from tdmr_search.search.settings import SearchSettings
     from tdmr_search.search.space import load_space
-    from tdmr_search.search.study import load_study, run_search
+    from tdmr_search.search.storage import load_study
+    from tdmr_search.search.study import run_search
 
     space = load_space(args.space)
     data = load_data(space.base.data, space.base.seed)
@@ -51,8 +53,8 @@ def main() -> None:
         for seed in seeds:
             url = f"sqlite:///{folder / f'selection-{seed}.db'}"
             t0 = time.perf_counter()
-            run_search(args.space, "selection", url, str(n_trials), seed=seed, artifacts=str(folder / f"a{seed}"),
-                       progress=False, baselines=False, reevaluate=0)
+            run_search(SearchSettings(args.space, "selection", str(n_trials), storage=url, seed=seed,
+                                      artifacts=str(folder / f"a{seed}"), progress=False, baselines=False, reevaluate=0))
             search_s = time.perf_counter() - t0
             study = load_study("selection", url)
             single = study.best_trial

@@ -12,14 +12,21 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tdmr_search import __version__, progress
 from tdmr_search.console import Console
 from tdmr_search.errors import Interrupted, TdmrError
 
+if TYPE_CHECKING:
+    from tdmr_search.search.settings import SearchSettings
+
 __all__ = ["main"]
 
 logger = logging.getLogger("tdmr_search")
+
+#: The commands that run a search: signals stop them between steps, their log is one line per trial.
+SEARCHES = ("run", "worker")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -57,29 +64,41 @@ def _check_writable(out: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tdmr_search.search.settings import SearchSettings, StoreOptions
+
+    settings = SearchSettings(
+        space=args.space, study=args.study, storage=args.storage, budget=args.budget, sampler=args.sampler,
+        pruner=args.pruner, seed=args.seed, two_objective=args.two_objective, workers=args.workers, gpus=args.gpus,
+        artifacts=args.artifacts, progress=not args.no_progress, baselines=not args.no_baselines,
+        isolate=args.isolate, teacher_cache=not args.no_cache, reevaluate=args.reevaluate, folds=args.folds,
+        store=StoreOptions(allow_changed_space=args.allow_changed_space, adopt_study=args.adopt_study,
+                           allow_other_tables=args.allow_other_tables),
+    )
+    print(_search(settings, args.debug))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """A worker process of ``run --workers N`` / ``--isolate``: its settings come from its environment."""
+    from tdmr_search.search.workers import worker_settings
+
+    _search(worker_settings(), args.debug)  # the run that started the workers prints the one summary
+    return 0
+
+
+def _search(settings: SearchSettings, debug: bool) -> str:
     from tdmr_search.search.interrupt import stop_on_signals
 
     with stop_on_signals():  # from here on a signal only sets a flag: the search stops between steps
         import optuna
 
-        from tdmr_search.search.study import StoreOptions, run_search
+        from tdmr_search.search.study import run_search
 
-        if not args.debug:
+        if not debug:
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line replaces Optuna's
-
-        summary = run_search(
-            space_path=args.space, study_name=args.study, storage=args.storage, budget=args.budget,
-            sampler=args.sampler, pruner=args.pruner, seed=args.seed, two_objective=args.two_objective,
-            workers=args.workers, gpus=args.gpus, artifacts=args.artifacts, progress=not args.no_progress,
-            baselines=not args.no_baselines, isolate=args.isolate, teacher_cache=not args.no_cache,
-            one_trial=args.one_trial, trials_here=args.trials_here, reevaluate=args.reevaluate, folds=args.folds,
-            options=StoreOptions(allow_changed_space=args.allow_changed_space, adopt_study=args.adopt_study,
-                                 allow_other_tables=args.allow_other_tables),
-        )
+        text = run_search(settings)
     progress.finish()  # the status line goes before the summary
-    if args.worker_index is None:  # the process that started the workers prints the one summary
-        print(summary)
-    return 0
+    return text
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -90,7 +109,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from tdmr_search.search.study import study_status
+    from tdmr_search.search.summary import study_status
 
     print(study_status(args.study, args.storage))
     return 0
@@ -188,15 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=3,
                    help="validation accuracies per re-evaluated configuration, its own trial's included (default 3)")
     p.add_argument("--no-cache", action="store_true", help="do not share stage-1 outcomes through the teacher cache")
-    p.add_argument("--one-trial", action="store_true", help=argparse.SUPPRESS)  # what --isolate workers run
-    p.add_argument("--trials-here", type=int, help=argparse.SUPPRESS)  # a worker's share of a trial budget
-    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # a worker started by --workers/--isolate
     p.add_argument("--allow-changed-space", action="store_true",
                    help="resume although the space or data changed (recorded in the study)")
     p.add_argument("--adopt-study", action="store_true", help="add trials to a study tdmr-search did not create")
     p.add_argument("--allow-other-tables", action="store_true",
                    help="add the study store to a database that holds other tables")
     p.set_defaults(handler=_run)
+
+    # started by `run --workers N` / `--isolate` (search/workers.py), its settings in TDMR_WORKER_SETTINGS
+    p = _add("worker", parents=[common])
+    p.set_defaults(handler=_worker)
 
     p = sub.add_parser("validate", help="check a search space and list the students that fit its FLOPs cap")
     p.add_argument("space", help="search space YAML")
@@ -243,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     signals = contextlib.ExitStack()
-    if args.command == "run":  # from here on a signal only sets a flag: the search stops between steps
+    if args.command in SEARCHES:  # from here on a signal only sets a flag: the search stops between steps
         from tdmr_search.search.interrupt import stop_on_signals
 
         signals.enter_context(stop_on_signals())
@@ -257,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         with progress.listen(console):  # the status line comes down before any result or error line
             return int(args.handler(args))
     except Interrupted as err:  # a signal stopped the search between steps; the running trial is closed
-        if getattr(args, "worker_index", None) is None:
+        if args.command != "worker":
             if err.summary:
                 print(err.summary)
             print(f"tdmr-search {args.command}: {_one_line(str(err))}; run the same command again to resume",
@@ -269,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tdmr-search {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if getattr(args, "worker_index", None) is None:
+        if args.command != "worker":
             print(f"tdmr-search {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
@@ -278,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _console(args: argparse.Namespace) -> Console:
     """stderr's handler: for ``run``, one line per trial and a status line (every line with -v or --debug)."""
-    run = args.command == "run"
+    run = args.command in SEARCHES
     verbose = bool(args.debug or args.verbose or os.environ.get("TDMR_VERBOSE") == "1")
     if run and args.verbose:
         os.environ["TDMR_VERBOSE"] = "1"  # the worker processes of --workers / --isolate inherit it
-    bar = run and not args.quiet and getattr(args, "worker_index", None) is None
+    bar = args.command == "run" and not args.quiet  # a worker's lines go under its starter's status line
     console = Console(bar=None if bar else False, verbose=verbose or not run)
     if run:  # Optuna's own warnings go through the same handler, under the status line
         import optuna

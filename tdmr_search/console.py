@@ -20,7 +20,8 @@ __all__ = ["Console", "HeadlineFilter", "HEADLINE_LOGGERS"]
 
 #: Loggers whose INFO lines a default (not --verbose) ``run`` shows: one line per trial and the
 #: run's own steps. Everything else shows from WARNING up.
-HEADLINE_LOGGERS = ("tdmr_search.search.study", "tdmr_search.cli", "tdmr_search.export")
+HEADLINE_LOGGERS = ("tdmr_search.search.study", "tdmr_search.search.summary", "tdmr_search.search.baselines",
+                    "tdmr_search.cli", "tdmr_search.export")
 #: A long task shows as a plain line (no terminal) after this many seconds, then at most this often.
 PLAIN_TASK_SECONDS = 15.0
 BAR_WIDTH = 24

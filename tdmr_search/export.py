@@ -27,8 +27,10 @@ from tdmr_search.errors import StudyError
 from tdmr_search.fsio import disk_error, is_disk_error
 from tdmr_search.pipeline.run import MODEL_FILE
 from tdmr_search.search.objective import KEEP_WEIGHTS
+from tdmr_search.search.record import BASELINE_METHODS, TrialRecord, baseline_results
+from tdmr_search.search.reevaluate import best_trials
 from tdmr_search.search.secrets import redact
-from tdmr_search.search.study import artifact_dir, best_trials, load_study
+from tdmr_search.search.storage import artifact_dir, load_study
 
 __all__ = ["export", "export_trial", "model_card"]
 
@@ -71,6 +73,8 @@ def export(study_name: str, storage: str | None, which: str | int, out: str | Pa
                 f"Trial {number} of study {study_name!r} is {trials[0].state.name}, not COMPLETE; only finished trials "
                 "have a student to export"
             )
+    if not trials:
+        raise StudyError(f"Study {study_name!r} has no finished trial yet; nothing to export")
     store_dir = artifact_dir(study_name, storage, artifacts)
     store = FileSystemArtifactStore(str(store_dir))
     try:
@@ -166,9 +170,10 @@ def export_trial(study: Any, trial: FrozenTrial, folder: Path, store: FileSystem
 
 def model_card(study: Any, trial: FrozenTrial, info: dict[str, Any] | None = None) -> str:
     """A short model card for an exported trial; ``info`` (its model.json) adds input, classes and ONNX parity."""
-    a = trial.user_attrs
-    cfg = a["config"]
-    base = study.user_attrs.get("baselines", {}).get(study.user_attrs.get("baselines_for_best", ""), {})
+    r = TrialRecord.from_trial(trial)
+    cfg = r.config
+    nan = float("nan")
+    base = baseline_results(study)
     lines = [
         f"# {cfg['student']['name']} @ {cfg['student']['resolution']}px, distilled by TDMR",
         "",
@@ -183,13 +188,13 @@ def model_card(study: Any, trial: FrozenTrial, info: dict[str, Any] | None = Non
         f"proxy_dim {cfg['reprogram']['proxy_dim']} |",
         f"| distillation | {cfg['distill']['n_stages']} stages, temperature {cfg['distill']['temperature']:.3g} "
         f"({cfg['distill']['temperature_schedule']}), feature loss {cfg['distill']['feature_loss']} |",
-        f"| validation accuracy | {a.get('val_acc', float('nan')):.4f} |",
-        f"| test accuracy | {a.get('test_acc', float('nan')):.4f} (official test split, never used to choose) |",
-        f"| teacher-side val accuracy | {a.get('teacher_val_acc') or float('nan'):.4f} |",
-        f"| FLOPs (multiply-adds) | {format_flops(a.get('flops', 0))} (cap {study.user_attrs.get('max_flops_text') or 'none'}) |",
-        f"| parameters | {a.get('params', 0) / 1e6:.3f}M |",
+        f"| validation accuracy | {nan if r.val_acc is None else r.val_acc:.4f} |",
+        f"| test accuracy | {nan if r.test_acc is None else r.test_acc:.4f} (official test split, never used to choose) |",
+        f"| teacher-side val accuracy | {r.teacher_val_acc or nan:.4f} |",
+        f"| FLOPs (multiply-adds) | {format_flops(r.flops or 0)} (cap {study.user_attrs.get('max_flops_text') or 'none'}) |",
+        f"| parameters | {(r.params or 0) / 1e6:.3f}M |",
     ]
-    for method in ("scratch", "kd"):
+    for method in BASELINE_METHODS:
         if "test_acc" in base.get(method, {}):
             lines.append(f"| baseline `{method}` test accuracy | {base[method]['test_acc']:.4f} |")
     lines += _deployment_card(info) if info else []

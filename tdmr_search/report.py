@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,9 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tdmr_search import __version__
 from tdmr_search.config import format_flops
-from tdmr_search.errors import StudyError
 from tdmr_search.fsio import write_text
-from tdmr_search.search.reevaluate import pick
+from tdmr_search.search.record import BASELINE_METHODS, baseline_results, number, trials_table
+from tdmr_search.search.reevaluate import best_trials
 from tdmr_search.search.secrets import redact
 
 if TYPE_CHECKING:
@@ -91,29 +90,22 @@ def _last_val_acc(t: FrozenTrial) -> float | None:
     """A pruned trial's last validation accuracy (its curve; older studies: its last intermediate value)."""
     curve = t.user_attrs.get("val_curve") or []
     if curve:
-        return _number(curve[-1])
-    return _number(t.intermediate_values[max(t.intermediate_values)]) if t.intermediate_values else None
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+        return number(curve[-1])
+    return number(t.intermediate_values[max(t.intermediate_values)]) if t.intermediate_values else None
 
 
 def _val_acc(t: FrozenTrial) -> float | None:
     """The trial's validation accuracy: the user attr, else the first objective value."""
-    v = _number(t.user_attrs.get("val_acc"))
+    v = number(t.user_attrs.get("val_acc"))
     if v is None and t.values:
-        v = _number(t.values[0])
+        v = number(t.values[0])
     return v
 
 
 def _flops(t: FrozenTrial) -> float | None:
-    v = _number(t.user_attrs.get("flops"))
+    v = number(t.user_attrs.get("flops"))
     if v is None and t.values and len(t.values) > 1:
-        v = _number(t.values[1])
+        v = number(t.values[1])
     return v
 
 
@@ -136,7 +128,7 @@ def history_table(source: StudyOrTrials) -> list[dict[str, Any]]:
     for t in sorted(_trials(source), key=lambda t: t.number):
         value: float | None = None
         if t.state == TrialState.COMPLETE:
-            value = _number(t.values[0]) if t.values else None
+            value = number(t.values[0]) if t.values else None
             if value is not None and (best is None or (value > best if maximize else value < best)):
                 best = value
         elif t.state == TrialState.PRUNED:
@@ -152,7 +144,7 @@ def importance_table(source: StudyOrTrials, seed: int = 0) -> list[dict[str, Any
     cannot compute importances (for instance no parameter shared by every complete trial).
     """
     done = [t for t in _trials(source) if t.state == TrialState.COMPLETE and t.values
-            and _number(t.values[0]) is not None]
+            and number(t.values[0]) is not None]
     if len(done) < 2 or len({t.values[0] for t in done}) < 2:
         return []
     n_obj = len(done[0].values)
@@ -187,7 +179,7 @@ def pareto_table(source: StudyOrTrials) -> list[dict[str, Any]]:
         if acc is None or flops is None:
             continue
         points.append({"number": t.number, "val_acc": acc, "flops": flops,
-                       "test_acc": _number(t.user_attrs.get("test_acc")), "student": _student(t)})
+                       "test_acc": number(t.user_attrs.get("test_acc")), "student": _student(t)})
     for p in points:
         p["on_front"] = not any(
             q["val_acc"] >= p["val_acc"] and q["flops"] <= p["flops"]
@@ -232,8 +224,8 @@ def stage_time_table(source: StudyOrTrials) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"number": t.number, "state": t.state.name,
                                "teacher_cached": bool(t.user_attrs.get("teacher_cached"))}
         for stage in STAGES[:-1]:
-            row[stage] = _number(recorded.get(stage)) or 0.0
-        total = _number(recorded.get("total"))
+            row[stage] = number(recorded.get(stage)) or 0.0
+        total = number(recorded.get("total"))
         if total is None and t.datetime_start and t.datetime_complete:
             total = (t.datetime_complete - t.datetime_start).total_seconds()
         if total is None:
@@ -252,8 +244,7 @@ def baseline_table(source: StudyOrTrials) -> list[dict[str, Any]]:
     """
     if not isinstance(source, optuna.Study):
         return []
-    key = source.user_attrs.get("baselines_for_best")
-    base = (source.user_attrs.get("baselines") or {}).get(key or "", {})
+    base = baseline_results(source)
     if not base:
         return []
     by_number = {t.number: t for t in _trials(source)}
@@ -261,13 +252,13 @@ def baseline_table(source: StudyOrTrials) -> list[dict[str, Any]]:
     rows = []
     if tdmr is not None:
         rows.append({"method": "tdmr", "trial": tdmr.number, "val_acc": _val_acc(tdmr),
-                     "test_acc": _number(tdmr.user_attrs.get("test_acc")), "note": ""})
-    for method in ("scratch", "kd"):
+                     "test_acc": number(tdmr.user_attrs.get("test_acc")), "note": ""})
+    for method in BASELINE_METHODS:
         if method not in base:
             continue
         b = base[method]
-        rows.append({"method": method, "trial": None, "val_acc": _number(b.get("val_acc")),
-                     "test_acc": _number(b.get("test_acc")), "note": redact(str(b.get("failure_reason") or ""))})
+        rows.append({"method": method, "trial": None, "val_acc": number(b.get("val_acc")),
+                     "test_acc": number(b.get("test_acc")), "note": redact(str(b.get("failure_reason") or ""))})
     return rows
 
 
@@ -384,16 +375,8 @@ def _esc(text: Any) -> str:
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
-    v = _number(value)
+    v = number(value)
     return "-" if v is None else format(v, spec)
-
-
-def _best(study: optuna.Study) -> list[FrozenTrial]:
-    """The pick (the best re-evaluated mean, else the best trial), or the Pareto front."""
-    try:
-        return [pick(study)] if len(study.directions) == 1 else list(study.best_trials)
-    except ValueError:
-        return []
 
 
 def _config_summary(t: FrozenTrial) -> str:
@@ -404,7 +387,7 @@ def _config_summary(t: FrozenTrial) -> str:
     items = [
         ("val_acc", _fmt(a.get("val_acc"))), ("test_acc", _fmt(a.get("test_acc"))),
         ("teacher val_acc", _fmt(a.get("teacher_val_acc"))),
-        ("FLOPs", format_flops(a["flops"]) if _number(a.get("flops")) else "-"),
+        ("FLOPs", format_flops(a["flops"]) if number(a.get("flops")) else "-"),
         ("params", f"{a['params']:,}" if isinstance(a.get("params"), int) else "-"),
         ("student", f"{st.get('name', '-')} at {st.get('resolution', '-')}px, {st.get('projector', '-')} projector"),
         ("teacher", f"{teacher.get('name', '-')} ({teacher.get('weights', '-')})"),
@@ -438,7 +421,7 @@ def _header(study: optuna.Study, url: str) -> str:
     parts = [f"<h1>tdmr-search report: {_esc(study.study_name)}</h1>",
              "<table class='kv'>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
              + "</table>"]
-    best = _best(study)
+    best = best_trials(study)
     if not best:
         parts.append("<p class='note'><b>No trial has finished yet</b>: there is nothing to chart. "
                      "Run <code>tdmr-search run</code> on this study and report again.</p>")
@@ -454,20 +437,17 @@ def _trial_rows(study: optuna.Study) -> str:
     head = ["#", "state", "val_acc", "test_acc", "teacher val_acc", "FLOPs", "student", "transform", "proxy",
             "stages", "T", "seconds", "note"]
     body = []
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        cfg = a.get("config", {})
-        rp, ds = cfg.get("reprogram", {}), cfg.get("distill", {})
-        note = a.get("failure_reason") or ("cached teacher" if a.get("teacher_cached") else "")
+    for row in trials_table(study):
+        r = row.record
+        rp, ds = r.section("reprogram"), r.section("distill")
+        t = row.trial
         val = _val_acc(t) if t.state == TrialState.COMPLETE else None
         if t.state == TrialState.PRUNED and t.intermediate_values:
-            last = max(t.intermediate_values)
             val = _last_val_acc(t)
-            note = f"pruned after epoch {last + 1}"
-        cells = [t.number, t.state.name.lower(), _fmt(val), _fmt(a.get("test_acc")), _fmt(a.get("teacher_val_acc")),
-                 format_flops(a["flops"]) if _number(a.get("flops")) else "-", _student(t), rp.get("transform", "-"),
-                 rp.get("proxy_dim", "-"), ds.get("n_stages", "-"), _fmt(ds.get("temperature"), ".2f"),
-                 _fmt((a.get("seconds") or {}).get("total"), ".1f"), note]
+        cells = [r.number, r.state.lower(), _fmt(val), _fmt(r.test_acc), _fmt(r.teacher_val_acc),
+                 format_flops(r.flops) if number(r.flops) else "-", _student(t),
+                 rp.get("transform", "-"), rp.get("proxy_dim", "-"), ds.get("n_stages", "-"),
+                 _fmt(ds.get("temperature"), ".2f"), _fmt(r.seconds.get("total"), ".1f"), row.note]
         body.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     return ("<table class='trials'><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"
             + "".join(body) + "</table>")
@@ -486,8 +466,8 @@ table.kv th{color:#555;font-weight:600}table.trials th{background:#f5f5f5}
 def _sections(study: optuna.Study) -> list[tuple[str, str]]:
     """(title, HTML body) for each section; figures go in as plotly divs without the library."""
     trials = study.get_trials(deepcopy=False)
-    best = _best(study)
-    cap = _number(study.user_attrs.get("max_flops"))
+    best = best_trials(study)
+    cap = number(study.user_attrs.get("max_flops"))
 
     def fig_html(fig: go.Figure) -> str:
         return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
@@ -542,7 +522,7 @@ def write_report(study_name: str, storage: str | None, out: str | Path) -> str:
     Raises:
         StudyError: The study cannot be loaded, or ``out`` cannot be written.
     """
-    from tdmr_search.search.study import default_storage, load_study
+    from tdmr_search.search.storage import default_storage, load_study
 
     study = load_study(study_name, storage)
     page = render_report(study, storage or default_storage(study_name))

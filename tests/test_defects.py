@@ -97,7 +97,7 @@ def test_a_resumed_random_search_draws_new_parameters(tmp_path):
 
 
 def test_the_per_trial_seed_is_reproducible_and_differs_per_trial():
-    from tdmr_search.search.study import make_sampler
+    from tdmr_search.search.samplers import make_sampler
 
     def draws(seed: int) -> list[float]:
         study = optuna.create_study(sampler=make_sampler("random", seed, False))
@@ -161,7 +161,7 @@ def test_sigterm_and_sigint_at_random_points_always_stop_the_run(tmp_path):
 
 
 def test_an_interrupted_trial_does_not_count_toward_the_trial_budget(tmp_path):
-    from tdmr_search.search.study import counts_toward_budget
+    from tdmr_search.search.budget import counts_toward_budget
 
     space = str(_fast_space(tmp_path, epochs=40))
     url = f"sqlite:///{tmp_path}/studies/b.db"
@@ -391,7 +391,7 @@ def test_stores_that_cannot_work_are_named(storage, expect, tmp_path):
 
 def test_a_study_name_with_a_trailing_newline_is_refused(tmp_path):
     from tdmr_search.errors import ConfigError
-    from tdmr_search.search.study import check_study_name
+    from tdmr_search.search.storage import check_study_name
 
     with pytest.raises(ConfigError, match="study name"):
         check_study_name("nl\n")
@@ -428,7 +428,8 @@ def test_workers_get_the_storage_password_by_environment(tmp_path):
                     continue
                 with contextlib.suppress(OSError):
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                    if name in cmd and "--worker-index" in cmd:
+                    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                    if parent == proc.pid and "tdmr_search\x00worker" in cmd:
                         seen_workers += 1
                         if secret in cmd:
                             leaked.append(cmd)

@@ -57,7 +57,7 @@ def test_store_reads_with_plain_optuna(smoke_study):
 
 
 def test_small_validation_split_is_flagged_before_pruning(smoke_study):
-    from tdmr_search.search.study import small_validation_note
+    from tdmr_search.search.pruning import small_validation_note
 
     log = (smoke_study / "run.log").read_text()
     assert "the validation split has 50 images (one image = 2.0 accuracy points)" in log  # digits: 5 per class

@@ -10,9 +10,14 @@ from conftest import SMOKE_SPACE
 from tdmr_search.data import load_data
 from tdmr_search.pipeline.cache import TeacherCache
 from tdmr_search.search.objective import Objective
-from tdmr_search.search.pruning import HYPERBAND_MIN_TRIALS, MedianWithPatience, choose_pruner, make_pruner
+from tdmr_search.search.pruning import (
+    HYPERBAND_MIN_TRIALS,
+    MedianWithPatience,
+    choose_pruner,
+    make_pruner,
+    small_validation_note,
+)
 from tdmr_search.search.space import feasible_students, load_space
-from tdmr_search.search.study import small_validation_note
 
 
 def _space(tmp_path, unlabeled: int):
@@ -107,7 +112,7 @@ def test_small_validation_warning_fires_only_where_pruning_hears_the_validation_
 
 
 def _smoke(folder):
-    from tdmr_search.search.study import load_study
+    from tdmr_search.search.storage import load_study
 
     return load_study("smoke", f"sqlite:///{folder}/studies/smoke.db")
 
@@ -157,8 +162,8 @@ def test_reevaluation_resumes_where_it_stopped(copy_study):
 def test_export_best_status_and_summary_follow_the_mean(copy_study):
     from conftest import run_cli
 
-    from tdmr_search.search.reevaluate import ATTR
-    from tdmr_search.search.study import best_trials, summary
+    from tdmr_search.search.reevaluate import ATTR, best_trials
+    from tdmr_search.search.summary import summary
 
     study = _smoke(copy_study)
     complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)

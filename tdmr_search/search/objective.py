@@ -22,6 +22,7 @@ from tdmr_search.errors import DiskError, Interrupted, TdmrError, TrialFailed
 from tdmr_search.fsio import disk_error, is_disk_error
 from tdmr_search.pipeline.run import MODEL_FILE, Reference, deployed_cost, reference_labels, run_pipeline
 from tdmr_search.search.pruning import SIGNAL_NO_POOL, pruning_signal
+from tdmr_search.search.record import TrialRecord
 from tdmr_search.search.space import STUDENT_PARAM, SearchSpace, StudentChoice
 
 __all__ = ["Objective", "sample_overrides"]
@@ -152,16 +153,20 @@ class Objective:
             logger.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
             self._fail(trial, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         m = result.metrics
-        for key in ("val_acc", "test_acc", "teacher_val_acc", "teacher_cached", "history", "data"):
-            trial.set_user_attr(key, m.get(key))
         seconds = dict(m["seconds"], gate=gate_seconds, total=time.perf_counter() - start)
-        trial.set_user_attr("seconds", {k: round(v, 3) for k, v in seconds.items()})
-        trial.set_user_attr("deployed", {
-            "student": config.student.name, "resolution": config.student.resolution,
-            "in_chans": data.channels, "image_size": data.image_size, "num_classes": data.num_classes,
-            "proxy_dim": config.reprogram.proxy_dim, "class_names": data.class_names,
-        })
-        trial.set_user_attr("tdmr_search_version", __version__)
+        record = TrialRecord(
+            trial.number, val_acc=m.get("val_acc"), test_acc=m.get("test_acc"),
+            teacher_val_acc=m.get("teacher_val_acc"), teacher_cached=m.get("teacher_cached"),
+            history=m.get("history"), data=m.get("data"), seconds={k: round(v, 3) for k, v in seconds.items()},
+            deployed={
+                "student": config.student.name, "resolution": config.student.resolution,
+                "in_chans": data.channels, "image_size": data.image_size, "num_classes": data.num_classes,
+                "proxy_dim": config.reprogram.proxy_dim, "class_names": data.class_names,
+            },
+            tdmr_search_version=__version__,
+        )
+        for key, value in record.to_user_attrs().items():
+            trial.set_user_attr(key, value)
         if self.artifact_store is not None and result.model is not None:
             try:
                 self._upload(trial, result.model)

@@ -10,6 +10,7 @@ of tens of trials, so it is chosen only for budgets of hundreds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from tdmr_search.registry import closest
 
 __all__ = [
     "PRUNERS", "HYPERBAND_MIN_TRIALS", "MedianWithPatience", "choose_pruner", "make_pruner", "pruning_signal",
-    "SIGNAL_NO_POOL",
+    "SIGNAL_NO_POOL", "small_validation_note",
 ]
 
 PRUNERS = ("auto", "median", "halving", "hyperband", "none")
@@ -54,18 +55,25 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     - ``hyperband``: Hyperband over 1..max_epochs with reduction factor 3;
     - ``none``: never prune.
     """
-    warmup = max(1, round(max_epochs / 3))
-    if name == "median":
-        return MedianWithPatience(MEDIAN_STARTUP_TRIALS, warmup, patience=1)
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=3)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    hint = closest(str(name), PRUNERS)
-    raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}"
-                      + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    factory = _PRUNERS.get(name)
+    if factory is None:
+        hint = closest(str(name), PRUNERS)
+        raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return factory(max_epochs, max(1, round(max_epochs / 3)))
+
+
+def small_validation_note(n_val: int, pruner: str, two_objective: bool = False, pool: int = 0) -> str | None:
+    """A warning when pruning would decide on a validation split where one image is over a point.
+
+    With an unlabelled pool the pruner hears the agreement with the reference teacher over up to
+    1,000 pool images instead, and there is nothing to warn about.
+    """
+    if pruner == "none" or two_objective or n_val >= 100 or pool >= 100:
+        return None
+    return (f"the validation split has {n_val} images (one image = {100 / max(n_val, 1):.1f} accuracy points): "
+            f"early-epoch accuracies barely rank trials, so the {pruner} pruner may stop slow starters that "
+            "would have won; more labelled images, or --pruner none, make the search safer (README: Performance)")
 
 
 class MedianWithPatience(optuna.pruners.BasePruner):
@@ -102,6 +110,16 @@ class MedianWithPatience(optuna.pruners.BasePruner):
             if not (value < median if maximize else value > median):
                 return False
         return True
+
+
+#: name -> factory(max_epochs, warm-up epochs); ``auto`` is resolved by :func:`choose_pruner` first.
+_PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
+    "median": lambda epochs, warmup: MedianWithPatience(MEDIAN_STARTUP_TRIALS, warmup, patience=1),
+    "halving": lambda epochs, warmup: optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=3),
+    "hyperband": lambda epochs, warmup: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
+                                                                        reduction_factor=3),
+    "none": lambda epochs, warmup: optuna.pruners.NopPruner(),
+}
 
 
 def pruning_signal(metrics: dict[str, Any]) -> float:

@@ -28,7 +28,7 @@ from tdmr_search.errors import Interrupted, TdmrError
 
 __all__ = [
     "ATTR", "REEVALUATE_DEFAULT", "FOLDS_DEFAULT", "REEVALUATE_SHARE", "reevaluate", "reevaluation", "pick", "ranked",
-    "runs_needed",
+    "runs_needed", "best_trials",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,3 +156,12 @@ def pick(study: optuna.Study) -> FrozenTrial:
     if order and order[0][1] is not None:
         return order[0][0]
     return study.best_trial
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The pick of a one-objective study (:func:`pick`), or the Pareto front of a two-objective one;
+    empty when no trial has finished."""
+    try:
+        return [pick(study)] if len(study.directions) == 1 else list(study.best_trials)
+    except ValueError:
+        return []

@@ -99,8 +99,6 @@ def _check_range(
 class _Section:
     """Shared behaviour of the config sections: validation at construction."""
 
-    _section = ""
-
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
@@ -110,15 +108,10 @@ class _Section:
         """Every problem with this section's values, as sentences."""
         return []
 
-    def _where(self, name: str) -> str:
-        return f"{self._section}.{name}" if self._section else name
-
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
     """Which labelled target data to use and how little of it."""
-
-    _section = "data"
 
     dataset: str = "fashion-mnist"
     """'digits', 'fashion-mnist', a torchvision dataset name (cifar10, ...) or 'imagefolder:PATH'."""
@@ -171,8 +164,6 @@ class DataConfig(_Section):
 class TeacherConfig(_Section):
     """The frozen foundation model."""
 
-    _section = "teacher"
-
     name: str = "tf_efficientnet_lite0"
     """A timm model name (CNN, ViT or hybrid)."""
     weights: str = "package"
@@ -195,8 +186,6 @@ class TeacherConfig(_Section):
 @dataclass(frozen=True)
 class ReprogramConfig(_Section):
     """Stage 1: reprogram the frozen teacher into the proxy space."""
-
-    _section = "reprogram"
 
     transform: str = "pad"
     """Input transform in front of the teacher: resize, additive, pad, scale_pad or conv."""
@@ -232,8 +221,6 @@ class ReprogramConfig(_Section):
 class StudentConfig(_Section):
     """The small deployable model."""
 
-    _section = "student"
-
     name: str = "mobilenetv3_small_050"
     """A timm model name."""
     resolution: int = 64
@@ -255,8 +242,6 @@ class StudentConfig(_Section):
 @dataclass(frozen=True)
 class DistillConfig(_Section):
     """Stage 2: progressive distillation from the proxy space into the student."""
-
-    _section = "distill"
 
     n_stages: int = 3
     """Number of consecutive distillation phases, 1 to 4."""
@@ -442,9 +427,6 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
         value = _coerce(key, raw[f.name], hints[f.name], problems)
         if len(problems) == before:
             kwargs[f.name] = value
-    if len(problems) and cls is not PipelineConfig:
-        # still try to construct to collect range problems of the well-typed fields
-        pass
     try:
         return cls(**kwargs)
     except ConfigError as err:

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import torch
@@ -31,7 +32,10 @@ from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
 from tdmr_search.errors import ConfigError
 from tdmr_search.models.teachers import teacher_identity
-from tdmr_search.pipeline.loop import resolve_device
+from tdmr_search.pipeline.loop import Runtime, resolve_device
+
+if TYPE_CHECKING:  # the type only: run.py is imported when an entry must be computed
+    from tdmr_search.pipeline.run import TeacherSide
 
 __all__ = ["TeacherCache", "cache_key", "feature_key", "data_digest", "tensor_digest"]
 
@@ -125,8 +129,6 @@ class TeacherCache:
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.hits = 0
         self.misses = 0
-        self.feature_hits = 0
-        self.feature_misses = 0
 
     @classmethod
     def beside(cls, folder: str | Path) -> TeacherCache:
@@ -136,7 +138,7 @@ class TeacherCache:
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return self.folder / f"{key}.joblib", self.folder / f"{key}.sha256", self.folder / f"{key}.lock"
 
-    def load(self, key: str, data: TargetData) -> object | None:
+    def load(self, key: str, data: TargetData) -> TeacherSide | None:
         """The entry under ``key`` if present and sound, else None (a bad entry is deleted)."""
         entry, digest, _ = self._paths(key)
         if not entry.exists() or not digest.exists():
@@ -156,8 +158,7 @@ class TeacherCache:
             return None
         return side
 
-    def get_or_compute(self, config: PipelineConfig, data: TargetData,
-                       compute: Callable[[], object] | None = None) -> object:
+    def get_or_compute(self, config: PipelineConfig, data: TargetData) -> TeacherSide:
         """Return the cached stage-1 outcome of ``config``, computing and storing it on a miss.
 
         ``side.cache_hit`` tells the caller whether it came from the cache.
@@ -175,18 +176,14 @@ class TeacherCache:
                     logger.info("teacher cache hit %s", key[:12])
                     return side
                 self.misses += 1
-                if compute is None:
-                    from tdmr_search.pipeline.loop import Runtime
-                    from tdmr_search.pipeline.run import reprogram_teacher, teacher_features
+                from tdmr_search.pipeline.run import reprogram_teacher, teacher_features
 
-                    runtime = Runtime.create(config.device)
-                    side = reprogram_teacher(config, data, runtime, features=teacher_features(config, runtime, self))
-                else:
-                    side = compute()
+                runtime = Runtime.create(config.device)
+                side = reprogram_teacher(config, data, runtime, features=teacher_features(config, runtime, self))
                 side.cache_hit = False
                 self._store(entry, digest, side)
                 self.prune()
-                logger.info("teacher cache stored %s (%.1fs of stage 1)", key[:12], getattr(side, "seconds", 0.0))
+                logger.info("teacher cache stored %s (%.1fs of stage 1)", key[:12], side.seconds)
                 return side
             finally:
                 fcntl.flock(lock_fh, fcntl.LOCK_UN)
@@ -207,14 +204,12 @@ class TeacherCache:
                         feats = joblib.load(entry)
                         if not isinstance(feats, torch.Tensor) or len(feats) != n:
                             raise ValueError("entry does not match the data")
-                        self.feature_hits += 1
                         _touch(entry)
                         return feats
                     except Exception as err:  # corrupt or stale: recompute
                         logger.warning("teacher feature entry %s is unusable (%s); recomputing", key[:12], err)
                         for p in (entry, digest):
                             p.unlink(missing_ok=True)
-                self.feature_misses += 1
                 t0 = time.perf_counter()
                 feats = compute()
                 seconds = time.perf_counter() - t0
@@ -276,11 +271,6 @@ class TeacherCache:
             logger.info("teacher cache: removed %.1f MB of least recently used entries (limit %.1f MB)", freed / 1e6,
                         limit / 1e6)
         return freed
-
-    def clear(self) -> None:
-        """Delete every entry."""
-        for p in self.folder.glob("*"):
-            p.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"TeacherCache({str(self.folder)!r}, hits={self.hits}, misses={self.misses})"

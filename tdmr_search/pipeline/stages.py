@@ -128,7 +128,7 @@ class ProgressiveDistiller(nn.Module):
 
     Args:
         student: The deployed student (S, P_S and the shared H).
-        feature_loss: 'mse' or 'cosine'.
+        feature_loss: A name in FEATURE_LOSSES.
     """
 
     def __init__(self, student: DeployedStudent, feature_loss: str = "mse") -> None:

@@ -129,6 +129,8 @@ class TeacherCache:
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.hits = 0
         self.misses = 0
+        self.feature_hits = 0
+        self.feature_misses = 0
 
     @classmethod
     def beside(cls, folder: str | Path) -> TeacherCache:
@@ -204,12 +206,14 @@ class TeacherCache:
                         feats = joblib.load(entry)
                         if not isinstance(feats, torch.Tensor) or len(feats) != n:
                             raise ValueError("entry does not match the data")
+                        self.feature_hits += 1
                         _touch(entry)
                         return feats
                     except Exception as err:  # corrupt or stale: recompute
                         logger.warning("teacher feature entry %s is unusable (%s); recomputing", key[:12], err)
                         for p in (entry, digest):
                             p.unlink(missing_ok=True)
+                self.feature_misses += 1
                 t0 = time.perf_counter()
                 feats = compute()
                 seconds = time.perf_counter() - t0

@@ -1,5 +1,5 @@
 # make run  : set everything up, then search spaces/demo.yaml offline for a few minutes
-# make test : set everything up, then run the test suite
+# make test : set everything up, then run the test suite (make test-fast: the fast lane, no real study)
 # Both are idempotent: a second call reuses .venv and only reinstalls when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -10,7 +10,7 @@ BUDGET ?= 5m
 STUDY  ?= demo
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ run: setup data
 
 test: setup data
 	$(BIN)/python -m pytest -q
+
+test-fast: setup data   # unit and contract tests, no real study
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup data
 	$(BIN)/python benchmarks/trial_cost.py

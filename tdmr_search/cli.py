@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tdmr_search import __version__, progress
+from tdmr_search import progress
+from tdmr_search.config import DEVICES, METHODS
 from tdmr_search.console import Console
 from tdmr_search.errors import Interrupted, TdmrError
+from tdmr_search.version import __version__
 
 if TYPE_CHECKING:
     from tdmr_search.search.settings import SearchSettings
@@ -179,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file (defaults < file < --set)")
     p.add_argument("--out", required=True, help="folder for config.yaml, metrics.json and student.safetensors")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting (repeatable)")
-    p.add_argument("--method", choices=["tdmr", "scratch", "kd", "probe"], help="override the method")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the device")
+    p.add_argument("--method", choices=METHODS, help="override the method")
+    p.add_argument("--device", choices=DEVICES, help="override the device")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("run", help="search: run (or resume) an Optuna study over the TDMR pipeline")

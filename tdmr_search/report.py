@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tdmr_search import __version__
 from tdmr_search.config import format_flops
 from tdmr_search.fsio import write_text
 from tdmr_search.search.record import BASELINE_METHODS, baseline_results, number, trials_table
 from tdmr_search.search.reevaluate import best_trials
 from tdmr_search.search.secrets import redact
+from tdmr_search.version import __version__
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -17,10 +17,15 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("method", ["tdmr", "scratch", "kd", "probe"])
-def test_every_method_runs_on_the_gpu(tiny_config, digits_data, method):
-    result = run_pipeline(tiny_config.replace({"device": "cuda", "method": method}), data=digits_data)
+def test_every_method_learns_on_the_gpu(method):
+    """test_methods.py's runs on CUDA (bf16 autocast, channels-last): each still ends well above chance."""
+    from test_methods import CHANCE, CONFIG
+
+    from tdmr_search.config import config_from_dict
+
+    result = run_pipeline(config_from_dict({**CONFIG, "device": "cuda", "method": method}))
     assert result.metrics["device"].startswith("cuda")
-    assert 0.0 <= result.metrics["test_acc"] <= 1.0
+    assert result.metrics["test_acc"] >= 3 * CHANCE, result.metrics["test_acc"]
 
 
 def test_auto_picks_the_gpu_and_compile_keeps_weights_loadable(tiny_config, digits_data):

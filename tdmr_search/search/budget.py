@@ -32,10 +32,10 @@ def parse_budget(text: str | int) -> tuple[int | None, float | None]:
     raise ConfigError(f"--budget must be a number of trials (20) or a duration (90s, 30m, 2h); got {text!r}")
 
 
-SAMPLERS = ("tpe", "random", "gp", "nsga2")
 def fmt_seconds(s: float) -> str:
     s = max(0.0, s)
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
 
 def stop_reason(deadline: float | None) -> str | None:
     """Why the search must stop now: a signal, the --budget deadline, or None to go on."""

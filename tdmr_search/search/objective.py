@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import torch
 
-from tdmr_search import __version__, progress
+from tdmr_search import progress
 from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
 from tdmr_search.errors import DiskError, Interrupted, TdmrError, TrialFailed
@@ -24,6 +24,7 @@ from tdmr_search.pipeline.run import MODEL_FILE, Reference, deployed_cost, refer
 from tdmr_search.search.pruning import SIGNAL_NO_POOL, pruning_signal
 from tdmr_search.search.record import TrialRecord
 from tdmr_search.search.space import STUDENT_PARAM, SearchSpace, StudentChoice
+from tdmr_search.version import __version__
 
 __all__ = ["Objective", "sample_overrides"]
 
@@ -241,11 +242,12 @@ class Objective:
 
     def _upload(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
         from optuna.artifacts import upload_artifact
-        from safetensors.torch import save_file
+
+        from tdmr_search.deploy import save_weights
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"trial-{trial.number}-{MODEL_FILE}")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+            save_weights(model, path)
             artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=path, study_or_trial=trial,
                                           mimetype="application/octet-stream")
         trial.set_user_attr("weights_artifact_id", artifact_id)

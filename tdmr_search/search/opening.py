@@ -16,13 +16,13 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 
-from tdmr_search import __version__
 from tdmr_search.config import format_flops
 from tdmr_search.errors import StudyError
 from tdmr_search.search import fingerprint as fp
 from tdmr_search.search.secrets import redact
 from tdmr_search.search.settings import StoreOptions
 from tdmr_search.search.space import SearchSpace
+from tdmr_search.version import __version__
 
 __all__ = ["open_study"]
 

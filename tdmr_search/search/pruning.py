@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 
 from tdmr_search.errors import ConfigError
-from tdmr_search.registry import closest
+from tdmr_search.registry import did_you_mean
 
 __all__ = [
     "PRUNERS", "HYPERBAND_MIN_TRIALS", "MedianWithPatience", "choose_pruner", "make_pruner", "pruning_signal",
@@ -57,9 +57,7 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     """
     factory = _PRUNERS.get(name)
     if factory is None:
-        hint = closest(str(name), PRUNERS)
-        raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}"
-                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}{did_you_mean(name, PRUNERS)}")
     return factory(max_epochs, max(1, round(max_epochs / 3)))
 
 

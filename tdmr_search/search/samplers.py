@@ -7,7 +7,7 @@ from collections.abc import Callable
 import optuna
 
 from tdmr_search.errors import ConfigError
-from tdmr_search.registry import closest
+from tdmr_search.registry import did_you_mean
 from tdmr_search.search.seeding import PerTrialSeedSampler
 
 __all__ = ["SAMPLERS", "make_sampler"]
@@ -41,8 +41,6 @@ def make_sampler(name: str, seed: int, two_objective: bool) -> optuna.samplers.B
     """A sampler by name: tpe (default), random, gp, nsga2, seeded per trial from ``seed`` (see seeding.py)."""
     factory = SAMPLERS.get(name)
     if factory is None:
-        hint = closest(str(name), tuple(SAMPLERS))
-        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}"
-                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {name!r}{did_you_mean(name, SAMPLERS)}")
     factory(seed, two_objective)  # a sampler that does not fit the study fails here, before any trial
     return PerTrialSeedSampler(name, seed, lambda s: factory(s, two_objective))

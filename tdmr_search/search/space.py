@@ -28,7 +28,7 @@ import yaml
 
 from tdmr_search.config import PipelineConfig, config_from_dict, format_flops, parse_flops
 from tdmr_search.errors import BudgetError, ConfigError, TdmrError
-from tdmr_search.registry import closest
+from tdmr_search.registry import did_you_mean
 from tdmr_search.yamlio import load_yaml
 
 __all__ = ["ParamSpec", "SearchSpace", "StudentChoice", "load_space", "feasible_students", "describe_feasible"]
@@ -116,10 +116,9 @@ def _param(name: str, raw: Any, problems: list[str], base: dict[str, Any]) -> Pa
     section, _, key = name.partition(".")
     if section not in base or not isinstance(base[section], dict) or key not in base[section]:
         known = [f"{s}.{k}" for s, v in base.items() if isinstance(v, dict) for k in v if s != "data"]
-        hint = closest(name, known)
         problems.append(
-            f"{where}: {name!r} is not a pipeline setting" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + "; accepted: section.field names of the config, e.g. distill.temperature"
+            f"{where}: {name!r} is not a pipeline setting{did_you_mean(name, known)}; accepted: section.field names "
+            "of the config, e.g. distill.temperature"
         )
         return None
     if not isinstance(raw, dict):
@@ -195,9 +194,7 @@ def load_space(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
     allowed = ("name", "description", "base", "max_flops", "students", "params")
     for key in raw:
         if key not in allowed:
-            hint = closest(str(key), allowed)
-            problems.append(f"Unknown top-level key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                            + f"; accepted: {', '.join(allowed)}")
+            problems.append(f"Unknown top-level key {key!r}{did_you_mean(key, allowed)}; accepted: {', '.join(allowed)}")
     try:
         base = config_from_dict(_merged_defaults(raw.get("base") or {}))
     except ConfigError as err:
@@ -220,9 +217,8 @@ def load_space(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
         students = {}
     for key in students:
         if key not in ("names", "resolutions"):
-            hint = closest(str(key), ("names", "resolutions"))
-            problems.append(f"Unknown key students.{key}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                            + "; accepted: names, resolutions")
+            problems.append(f"Unknown key students.{key}{did_you_mean(key, ('names', 'resolutions'))}; accepted: names, "
+                            "resolutions")
     names = students.get("names")
     resolutions = students.get("resolutions")
     if names is None:

@@ -1,13 +1,18 @@
-"""What a deployed student folder says about itself, and its ONNX twin checked against PyTorch.
+"""The deployed student's files: its weights, what its ``model.json`` says, its ONNX twin.
 
-``model.json`` describes the model for someone without this package: the class names and the
-preprocessing the model expects (:func:`model_info`). :func:`write_onnx` writes ``student.onnx``
-(dynamic batch, opset :data:`ONNX_OPSET`) and :func:`onnx_parity` runs it with onnxruntime on real
-images next to the PyTorch model. The ONNX parts need the optional packages of the ``onnx`` extra
-(``pip install 'tdmr-search[onnx]'``); :func:`onnx_missing` says which one is absent.
+A deployed student folder (``tdmr-search train --out`` or ``export``) holds
+``student.safetensors`` (:data:`MODEL_FILE`, written by :func:`save_weights`), ``config.yaml``,
+``model.json`` (:func:`model_info`: the class names and the preprocessing the model expects, for
+someone without this package) and ``student.onnx``. :func:`load_deployed` rebuilds the student
+from such a folder; :func:`save_deployed` writes a trained run's student.
 
-This module sits beside ``models``: it imports no pipeline, search or optuna code, so
-:func:`tdmr_search.pipeline.run.save_result` may call it too.
+:func:`write_onnx` writes ``student.onnx`` (dynamic batch, opset :data:`ONNX_OPSET`) and
+:func:`onnx_parity` runs it with onnxruntime on real images next to the PyTorch model. The ONNX
+parts need the optional packages of the ``onnx`` extra (``pip install 'tdmr-search[onnx]'``);
+:func:`onnx_missing` says which one is absent.
+
+This module sits beside ``models``: it imports no pipeline, search or optuna code, so the
+pipeline (:func:`tdmr_search.pipeline.run.save_result`), the objective and export all use it.
 """
 
 from __future__ import annotations
@@ -19,19 +24,31 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from tdmr_search.config import load_config
+from tdmr_search.errors import ModelError
+from tdmr_search.version import __version__
+
+if TYPE_CHECKING:
+    from tdmr_search.models.students import DeployedStudent
+
 __all__ = [
-    "ONNX_FILE", "ONNX_OPSET", "ONNX_INPUT", "ONNX_OUTPUT", "PARITY_TOLERANCE", "model_info", "preprocessing",
+    "MODEL_FILE", "MODEL_JSON", "ONNX_FILE", "ONNX_OPSET", "ONNX_INPUT", "ONNX_OUTPUT", "PARITY_TOLERANCE",
+    "save_weights", "save_deployed", "load_deployed", "deployed_record", "model_info", "preprocessing",
     "importable", "onnx_missing", "write_onnx", "onnx_parity", "export_onnx_checked", "parity_images", "write_deployment",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: The deployed student's weights (safetensors).
+MODEL_FILE = "student.safetensors"
+#: What the deployed student is, for someone without this package (:func:`model_info`).
+MODEL_JSON = "model.json"
 ONNX_FILE = "student.onnx"
 #: The opset torch's ONNX exporter (torch.export based) writes natively.
 ONNX_OPSET = 18
@@ -41,6 +58,65 @@ ONNX_OUTPUT = "logits"
 PARITY_TOLERANCE = 1e-3
 #: The packages the ONNX file needs: torch's exporter (onnx, onnxscript) and the check (onnxruntime).
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model``'s state dict to ``path`` as safetensors (the format of :data:`MODEL_FILE`)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return Path(path)
+
+
+def deployed_record(config: Any, data: Any) -> dict[str, Any]:
+    """What a run records about its deployed student; :func:`model_info` builds ``model.json`` on it.
+
+    Args:
+        config: The run's resolved :class:`~tdmr_search.config.PipelineConfig`.
+        data: Its loaded :class:`~tdmr_search.data.TargetData`.
+    """
+    return {
+        "student": config.student.name, "resolution": config.student.resolution,
+        "in_chans": data.channels, "image_size": data.image_size, "num_classes": data.num_classes,
+        "proxy_dim": config.reprogram.proxy_dim, "class_names": data.class_names,
+    }
+
+
+def save_deployed(folder: str | Path, model: nn.Module, config: Any, data: Any) -> dict[str, Any]:
+    """Write a trained run's student to ``folder``: weights, ``model.json`` and ``student.onnx``.
+
+    The files are those :func:`write_deployment` writes for an export (``config.yaml`` is the
+    caller's). Returns the ``model.json`` contents.
+    """
+    folder = Path(folder)
+    save_weights(model, folder / MODEL_FILE)
+    return write_deployment(folder, config, deployed_record(config, data), model=model, data=data)
+
+
+def load_deployed(folder: str | Path) -> DeployedStudent:
+    """Rebuild the deployed student saved in ``folder`` (a trained run or an export; no search code needed)."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / MODEL_JSON).read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{str(folder)!r} holds no readable {MODEL_JSON} of a deployed student: {err}") from None
+    return _rebuild(folder, load_config(folder / "config.yaml"), info)
+
+
+def _rebuild(folder: Path, config: Any, info: dict[str, Any]) -> DeployedStudent:
+    """The student ``config`` and ``info`` (its ``model.json``) describe, with the weights in ``folder``."""
+    from safetensors.torch import load_file
+
+    from tdmr_search.models.students import build_student
+
+    student = build_student(config.student, int(info["in_chans"]), int(info["proxy_dim"]), int(info["num_classes"]),
+                            pretrained=False)
+    try:
+        state = load_file(str(folder / info.get("weights", MODEL_FILE)))
+    except Exception as err:
+        raise ModelError(f"Cannot read the student weights in {str(folder)!r}: {err}") from None
+    student.load_state_dict(state, strict=True)
+    return student.eval()
 
 
 def preprocessing(in_chans: int, image_size: int) -> dict[str, Any]:
@@ -67,15 +143,13 @@ def model_info(deployed: dict[str, Any], class_names: list[str] | None = None) -
             num_classes, proxy_dim and (newer runs) class_names.
         class_names: Names to use when ``deployed`` has none (e.g. read from the data now).
     """
-    from tdmr_search import __version__
-
     info = dict(deployed)
     names = info.get("class_names") or class_names
     num_classes = int(info.get("num_classes") or (len(names) if names else 0))
     if not names or len(names) != num_classes:
         names = [str(i) for i in range(num_classes)]
     info.update(
-        format="tdmr-search deployed student", tdmr_search_version=__version__, weights="student.safetensors",
+        format="tdmr-search deployed student", tdmr_search_version=__version__, weights=MODEL_FILE,
         class_names=[str(n) for n in names], num_classes=num_classes,
         input="N x in_chans x image_size x image_size float images with values in [0, 1]",
         preprocessing=preprocessing(int(info["in_chans"]), int(info["image_size"])),
@@ -259,22 +333,11 @@ def parity_images(config: Any, num_classes: int, data: Any = None,
     return images, f"{len(images)} test images of {config.data.dataset}", list(data.class_names)
 
 
-def _rebuild(folder: Path, config: Any, info: dict[str, Any]) -> nn.Module:
-    from safetensors.torch import load_file
-
-    from tdmr_search.models.students import build_student
-
-    student = build_student(config.student, int(info["in_chans"]), int(info["proxy_dim"]), int(info["num_classes"]),
-                            pretrained=False)
-    student.load_state_dict(load_file(str(folder / info["weights"])), strict=True)
-    return student.eval()
-
-
 def write_deployment(folder: str | Path, config: Any, deployed: dict[str, Any], model: nn.Module | None = None,
                      data: Any = None) -> dict[str, Any]:
     """Write ``model.json`` (class names, preprocessing) and ``student.onnx`` checked against PyTorch.
 
-    ``folder`` already holds ``student.safetensors``. Without the ONNX packages the ONNX file is
+    ``folder`` already holds the weights (:data:`MODEL_FILE`). Without the ONNX packages the ONNX file is
     skipped and the log says why, once per process.
 
     Args:
@@ -288,8 +351,6 @@ def write_deployment(folder: str | Path, config: Any, deployed: dict[str, Any], 
     Returns:
         The ``model.json`` contents; its ``onnx`` entry holds the parity figures or why there is no file.
     """
-    from tdmr_search.errors import ModelError
-
     folder = Path(folder)
     num_classes = int(deployed.get("num_classes") or 0)
     images, images_from, names = parity_images(config, num_classes, data)
@@ -320,5 +381,5 @@ def write_deployment(folder: str | Path, config: Any, deployed: dict[str, Any], 
                                 generator=torch.Generator().manual_seed(0))
         info["onnx"] = export_onnx_checked(model, folder, int(info["in_chans"]), int(info["image_size"]), images,
                                            images_from)
-    (folder / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    (folder / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -20,17 +20,16 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from tdmr_search import __version__
 from tdmr_search.config import config_from_dict, dump_config, format_flops
-from tdmr_search.deploy import write_deployment
+from tdmr_search.deploy import MODEL_FILE, write_deployment
 from tdmr_search.errors import StudyError
 from tdmr_search.fsio import disk_error, is_disk_error
-from tdmr_search.pipeline.run import MODEL_FILE
 from tdmr_search.search.objective import KEEP_WEIGHTS
 from tdmr_search.search.record import BASELINE_METHODS, TrialRecord, baseline_results
 from tdmr_search.search.reevaluate import best_trials
 from tdmr_search.search.secrets import redact
 from tdmr_search.search.storage import artifact_dir, load_study
+from tdmr_search.version import __version__
 
 __all__ = ["export", "export_trial", "model_card"]
 

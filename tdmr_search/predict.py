@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tdmr_search.deploy import ONNX_FILE, importable
+from tdmr_search.deploy import MODEL_JSON, ONNX_FILE, importable, load_deployed
 from tdmr_search.errors import ModelError, TdmrError
 
 __all__ = ["Prediction", "Predictions", "predict", "load_image", "image_files", "IMAGE_SUFFIXES"]
@@ -141,8 +141,6 @@ class _Model:
             self.input = self.session.get_inputs()[0].name
             self.backend = "onnxruntime"
         else:
-            from tdmr_search.pipeline.run import load_deployed
-
             self.model = load_deployed(folder)
             self.backend = "pytorch"
 
@@ -160,7 +158,7 @@ def _read_info(folder: Path) -> dict[str, Any]:
         raise ModelError(f"--model {str(folder)!r} is not a folder; expected an export (tdmr-search export) or a trained "
                          "run (tdmr-search train --out) holding model.json")
     try:
-        info = json.loads((folder / "model.json").read_text())
+        info = json.loads((folder / MODEL_JSON).read_text())
         for key in ("in_chans", "image_size", "num_classes"):
             int(info[key])
     except (OSError, ValueError, KeyError, TypeError) as err:

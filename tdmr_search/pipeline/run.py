@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tdmr_search import __version__, progress
-from tdmr_search.config import PipelineConfig, dump_config, format_flops, load_config
+from tdmr_search import progress
+from tdmr_search.config import PipelineConfig, dump_config, format_flops
 from tdmr_search.data import TargetData, load_data
+from tdmr_search.deploy import MODEL_FILE, load_deployed, save_deployed
 from tdmr_search.errors import BudgetError, ModelError, TdmrError
 from tdmr_search.models.flops import count_flops, student_cost
 from tdmr_search.models.heads import build_classifier, build_projector
@@ -38,11 +39,13 @@ from tdmr_search.pipeline.loop import (
     seed_everything,
 )
 from tdmr_search.pipeline.stages import Phase, ProgressiveDistiller, ReprogrammedTeacher, plan_phases
+from tdmr_search.version import __version__
 
 __all__ = [
     "PipelineResult", "TeacherSide", "Reference", "reference_labels", "run_pipeline", "reprogram_teacher", "distill_student",
-    "save_result", "load_deployed", "deployed_cost",
+    "save_result", "load_deployed", "deployed_cost", "MODEL_FILE",
 ]
+# MODEL_FILE and load_deployed live in tdmr_search.deploy; they stay importable from here.
 
 logger = logging.getLogger(__name__)
 
@@ -532,46 +535,16 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
     return PipelineResult(config, metrics, model, data)
 
 
-MODEL_FILE = "student.safetensors"
-
-
 def save_result(result: PipelineResult, out_dir: str | Path) -> Path:
-    """Write ``config.yaml``, ``metrics.json``, ``model.json`` and ``student.safetensors`` to ``out_dir``."""
+    """Write ``config.yaml`` and ``metrics.json`` to ``out_dir``, and the deployed student's files.
+
+    The student's files are ``student.safetensors``, ``model.json`` and ``student.onnx``, written
+    as export writes them (:func:`tdmr_search.deploy.save_deployed`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(result.config, out / "config.yaml")
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=float) + "\n")
     if result.model is not None and result.data is not None:
-        from safetensors.torch import save_file
-
-        from tdmr_search.deploy import write_deployment
-
-        save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(out / MODEL_FILE))
-        deployed = {
-            "student": result.config.student.name, "resolution": result.config.student.resolution,
-            "in_chans": result.data.channels, "image_size": result.data.image_size,
-            "num_classes": result.data.num_classes, "proxy_dim": result.config.reprogram.proxy_dim,
-            "class_names": result.data.class_names,
-        }
-        # model.json (class names, preprocessing) and student.onnx checked against PyTorch, as export writes them
-        write_deployment(out, result.config, deployed, model=result.model, data=result.data)
+        save_deployed(out, result.model, result.config, result.data)
     return out
-
-
-def load_deployed(folder: str | Path) -> DeployedStudent:
-    """Rebuild the deployed student saved by :func:`save_result` (no search code needed)."""
-    folder = Path(folder)
-    try:
-        info = json.loads((folder / "model.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{str(folder)!r} holds no readable model.json of a deployed student: {err}") from None
-    config = load_config(folder / "config.yaml")
-    student = build_student(config.student, info["in_chans"], info["proxy_dim"], info["num_classes"], pretrained=False)
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(folder / info.get("weights", MODEL_FILE)))
-    except Exception as err:
-        raise ModelError(f"Cannot read the student weights in {str(folder)!r}: {err}") from None
-    student.load_state_dict(state, strict=True)
-    return student.eval()

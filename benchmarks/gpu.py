@@ -4,7 +4,7 @@ Runs the pipeline's own code on a CUDA GPU (bf16 autocast, channels-last, TF32 a
 as ``Runtime.create('cuda')`` sets them, whole datasets held as the pipeline holds them):
 
 1. **teacher pass** (what stage 1 runs for a parameter-free transform, and what kd/probe run):
-   ``pipeline.run._predict`` over host-resident target images, batch 256: per batch a pinned
+   ``pipeline.loop.infer`` over host-resident target images, batch 256: per batch a pinned
    host-to-device copy, the ``resize`` transform and the frozen ``vit_base_patch16_224`` (random
    weights: the same cost as pretrained). Also the same forward on a batch already on the GPU, and
    the host-to-device copies alone, to tell whether feeding the data limits the pass.
@@ -368,8 +368,8 @@ def main() -> None:
     from tdmr_search.models.students import build_student
     from tdmr_search.models.teachers import build_teacher
     from tdmr_search.models.transforms import build_transform
-    from tdmr_search.pipeline.loop import Runtime
-    from tdmr_search.pipeline.run import _predict, _train_batches, distill_student, reprogram_teacher
+    from tdmr_search.pipeline.loop import Runtime, infer, train_batches
+    from tdmr_search.pipeline.run import distill_student, reprogram_teacher
     from tdmr_search.pipeline.stages import plan_phases
 
     runtime = Runtime.create("cpu" if args.cpu_dry_run else "cuda")
@@ -390,8 +390,8 @@ def main() -> None:
 
     data = synthetic_data(n, batch, args.image_size)
     host = data.train.images
-    _predict(features, host[: 2 * batch], runtime, batch)  # warm-up: cudnn autotuning, allocator
-    pipeline_s = dev.time(lambda: _predict(features, host, runtime, batch))
+    infer(features, host[: 2 * batch], runtime, batch)  # warm-up: cudnn autotuning, allocator
+    pipeline_s = dev.time(lambda: infer(features, host, runtime, batch))
     on_device = runtime.put(host[:batch])
 
     @torch.no_grad()
@@ -409,7 +409,7 @@ def main() -> None:
 
     copies()
     copy_s = dev.time(copies)
-    teacher_busy = dev.profile(lambda: _predict(features, host, runtime, batch))
+    teacher_busy = dev.profile(lambda: infer(features, host, runtime, batch))
 
     def tflops(images_per_s: float, macs: float, factor: float = 1.0) -> float:
         return images_per_s * 2.0 * macs * factor / 1e12
@@ -460,7 +460,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
 
     def gather_epoch() -> None:
-        for idx in _train_batches(n, batch, gen):  # exactly the data work of one distill_student step
+        for idx in train_batches(n, batch, gen):  # exactly the data work of one distill_student step
             idx = idx.to(runtime.device)
             _ = (x[idx], y[idx], z_t[idx], t_logits[idx])
 

@@ -38,8 +38,8 @@ VARIANTS = ("tdmr", "tdmr_kd", "kd")
 def tdmr_kd(config: Any, data: Any, side: Any) -> dict[str, Any]:
     """KD + CE from the reprogrammed teacher's proxy logits in one phase (no feature phases)."""
     from tdmr_search.models.students import build_student
-    from tdmr_search.pipeline.loop import Runtime, accuracy, seed_everything
-    from tdmr_search.pipeline.run import _predict, distill_student
+    from tdmr_search.pipeline.loop import Runtime, accuracy, infer, seed_everything
+    from tdmr_search.pipeline.run import distill_student
     from tdmr_search.pipeline.stages import Phase
 
     runtime = Runtime.create(config.device)
@@ -51,7 +51,7 @@ def tdmr_kd(config: Any, data: Any, side: Any) -> dict[str, Any]:
     history = distill_student(student, [Phase(0, d.epochs, 0.0, 1.0, 1.0, d.temperature, True)], config, data,
                               runtime, None, side.logits_train, stage="tdmr_kd", logits_u=side.logits_unlabeled)
     student.eval()
-    test_acc = accuracy(_predict(student, data.test.images, runtime), data.test.labels)
+    test_acc = accuracy(infer(student, data.test.images, runtime), data.test.labels)
     return {"test_acc": test_acc, "val_acc": history[-1]["val_acc"], "teacher_val_acc": side.val_acc}
 
 

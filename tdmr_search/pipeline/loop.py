@@ -1,7 +1,8 @@
 """A small training loop over in-memory tensors that knows nothing of the search.
 
 Whole small datasets stay on the device; batches are index slices drawn with a seeded
-generator, so a CPU run with a fixed seed repeats exactly.
+generator, so a CPU run with a fixed seed repeats exactly. :func:`fit` is the one loop every
+stage trains with: stage 1, stage 2 and the linear probe differ only in their step function.
 """
 
 from __future__ import annotations
@@ -12,22 +13,35 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from tdmr_search import progress
 from tdmr_search.errors import ConfigError, TrialFailed
 
 __all__ = [
-    "EpochCallback", "Runtime", "resolve_device", "seed_everything", "batches",
-    "cosine_schedule", "check_finite", "accuracy", "recalibrate_batchnorm",
+    "EpochCallback", "StepFn", "no_callback", "Runtime", "resolve_device", "seed_everything", "batches", "train_batches",
+    "steps_per_epoch", "fit", "infer", "EVAL_BATCH", "cosine_schedule", "check_finite", "accuracy",
+    "recalibrate_batchnorm",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: ``on_epoch_end(step, metrics)``: called after every epoch; may raise to stop the run.
 EpochCallback = Callable[[int, dict], None]
+#: ``step(idx)``: the losses of one batch given its row indices (on the device); ``"loss"`` is minimised.
+StepFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def no_callback(step: int, metrics: dict) -> None:
+    """The default ``on_epoch_end``: does nothing."""
+
+
+#: Images per batch when a model only predicts (:func:`infer`, batch-norm re-estimation).
+EVAL_BATCH = 256
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,14 +116,80 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, s
         yield order[start : start + batch_size]
 
 
+def train_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of seeded index batches; a trailing batch of one is dropped (batch norm cannot train on it)."""
+    out = list(batches(n, batch_size, generator))
+    if len(out) > 1 and len(out[-1]) == 1:
+        out.pop()
+    return out
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches :func:`train_batches` gives for ``n`` items (without drawing an order)."""
+    full = -(-n // batch_size)
+    return full - 1 if full > 1 and n - (full - 1) * batch_size == 1 else full
+
+
+def fit(model: nn.Module, step: StepFn, optimizer: torch.optim.Optimizer, n: int, batch_size: int,
+        generator: torch.Generator, epochs: int, runtime: Runtime, where: str,
+        end_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+    """Train ``model`` for ``epochs`` passes over ``n`` rows.
+
+    Every epoch draws a fresh order of the rows from ``generator`` (:func:`train_batches`); every
+    batch runs ``step`` on its indices, stops the run when the loss is not finite, and takes an
+    optimizer step (and a ``scheduler`` step). After each epoch the model is put in eval mode and
+    ``end_epoch(epoch, means)`` gets the mean of each loss ``step`` returned, per row.
+
+    Args:
+        model: Put in train mode for every epoch and in eval mode after it.
+        step: The losses of one batch (its own forward pass, under autocast where it wants it).
+        where: Names the loss in the error when it turns NaN or infinite ("stage-1 cross-entropy").
+    """
+    for epoch in range(epochs):
+        model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        for idx in train_batches(n, batch_size, generator):
+            idx = idx.to(runtime.device)
+            losses = step(idx)
+            check_finite(losses["loss"], where)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+            count += len(idx)
+        model.eval()
+        if end_epoch is not None:
+            end_epoch(epoch, {k: v / max(count, 1) for k, v in sums.items()})
+
+
+@torch.no_grad()
+def infer(fn: Callable[[torch.Tensor], Any], images: torch.Tensor, runtime: Runtime, batch: int = EVAL_BATCH,
+          label: str | None = None) -> torch.Tensor:
+    """``fn`` over ``images`` in batches, without gradients, as float32 on the device.
+
+    A ``label`` reports the pass's progress (``tdmr_search.progress``; long teacher passes).
+    """
+    outs = []
+    starts = range(0, len(images), batch)
+    for start in (progress.track(starts, label=label, unit=f"batches of {batch}") if label else starts):
+        with runtime.autocast():
+            outs.append(fn(runtime.put(images[start : start + batch])).float())
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to zero over ``total_steps``."""
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        done = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -126,7 +206,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = 256) -> bool:
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, runtime: Runtime,
+                          batch_size: int = EVAL_BATCH) -> bool:
     """Recompute every batch-norm layer's running mean and variance over ``images``.
 
     The statistics are reset and then averaged exactly (momentum None) over one pass in batches

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tdmr_search import progress
 from tdmr_search.config import PipelineConfig, dump_config, format_flops
 from tdmr_search.data import TargetData, load_data
 from tdmr_search.deploy import MODEL_FILE, load_deployed, save_deployed
@@ -29,14 +29,17 @@ from tdmr_search.models.teachers import FrozenTeacher, build_teacher
 from tdmr_search.models.timm_utils import create_timm
 from tdmr_search.models.transforms import build_transform
 from tdmr_search.pipeline.loop import (
+    EVAL_BATCH,
     EpochCallback,
     Runtime,
     accuracy,
-    batches,
-    check_finite,
     cosine_schedule,
+    fit,
+    infer,
+    no_callback,
     recalibrate_batchnorm,
     seed_everything,
+    steps_per_epoch,
 )
 from tdmr_search.pipeline.stages import Phase, ProgressiveDistiller, ReprogrammedTeacher, plan_phases
 from tdmr_search.version import __version__
@@ -49,11 +52,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EVAL_BATCH = 256
 #: Teacher passes over more images than this report their progress (``tdmr_search.progress``).
 PASS_PROGRESS_IMAGES = 1000
 #: Batch-norm re-estimation passes over the train images and at most this many images in all.
 BN_IMAGES = 4096
+#: The losses stage 2 reports (means per epoch).
+LOSSES = ("loss", "feat", "kd", "ce")
 
 
 @dataclass
@@ -105,10 +109,6 @@ class PipelineResult:
     data: TargetData | None = None
 
 
-def _noop(step: int, metrics: dict) -> None:
-    return None
-
-
 def deployed_cost(config: PipelineConfig, in_chans: int, image_size: int, num_classes: int) -> tuple[float, int]:
     """FLOPs and parameters of the deployed student of ``config``; raises when over the cap."""
     try:
@@ -128,26 +128,6 @@ def deployed_cost(config: PipelineConfig, in_chans: int, image_size: int, num_cl
             f"FLOPs, over the cap max_flops={config.max_flops}; choose a smaller student or resolution"
         )
     return flops, params
-
-
-@torch.no_grad()
-def _predict(fn: Any, images: torch.Tensor, runtime: Runtime, batch: int = EVAL_BATCH,
-             label: str | None = None) -> torch.Tensor:
-    """``fn`` over ``images`` in batches; a ``label`` reports the pass's progress (long teacher passes)."""
-    outs = []
-    starts = range(0, len(images), batch)
-    for start in (progress.track(starts, label=label, unit=f"batches of {batch}") if label else starts):
-        with runtime.autocast():
-            outs.append(fn(runtime.put(images[start : start + batch])).float())
-    return torch.cat(outs) if outs else torch.zeros(0)
-
-
-def _train_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """Seeded batches; a trailing batch of one is dropped (batch norm cannot train on it)."""
-    out = list(batches(n, batch_size, gen))
-    if len(out) > 1 and len(out[-1]) == 1:
-        out.pop()
-    return out
 
 
 def teacher_features(config: PipelineConfig, runtime: Runtime, cache: Any = None,
@@ -174,7 +154,7 @@ def teacher_features(config: PipelineConfig, runtime: Runtime, cache: Any = None
 
 
 def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime,
-                      on_epoch_end: EpochCallback = _noop, teacher: FrozenTeacher | None = None,
+                      on_epoch_end: EpochCallback = no_callback, teacher: FrozenTeacher | None = None,
                       features: FeatureSource | None = None) -> TeacherSide:
     """Stage 1: train T, P_T and H in front of and behind the frozen teacher with cross-entropy.
 
@@ -206,47 +186,38 @@ def reprogram_teacher(config: PipelineConfig, data: TargetData, runtime: Runtime
         )
     model = runtime.module(model)
     x_train, y_train = (f_train if static else runtime.put(data.train.images)), runtime.put(data.train.labels)
-    y_val = runtime.put(data.val.labels)
+    x_val, y_val = (f_val if static else data.val.images), runtime.put(data.val.labels)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=rcfg.lr, weight_decay=rcfg.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    steps = rcfg.epochs * len(_train_batches(len(data.train), rcfg.batch_size, torch.Generator().manual_seed(0)))
-    scheduler = cosine_schedule(optimizer, steps)
-    history = []
+    scheduler = cosine_schedule(optimizer, rcfg.epochs * steps_per_epoch(len(data.train), rcfg.batch_size))
+    history: list[dict[str, Any]] = []
 
-    def outputs(inputs: torch.Tensor) -> torch.Tensor:
-        return _predict(lambda x: torch.cat(list(model.forward(x).values()), 1), inputs, runtime)
+    def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        with runtime.autocast():
+            return {"loss": model(x_train[idx], y_train[idx])["loss"]}
 
-    for epoch in range(rcfg.epochs):
-        model.train()
-        total, count = 0.0, 0
-        for idx in _train_batches(len(data.train), rcfg.batch_size, gen):
-            idx = idx.to(runtime.device)
-            with runtime.autocast():
-                loss = model(x_train[idx], y_train[idx])["loss"]
-            check_finite(loss, "stage-1 cross-entropy")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        model.eval()
-        val_logits = _predict(lambda x: model(x)["logits"], f_val if static else data.val.images, runtime)
-        metrics = {"stage": "reprogram", "epoch": epoch, "loss": total / max(count, 1),
+    def end_epoch(epoch: int, losses: dict[str, float]) -> None:
+        val_logits = infer(lambda x: model(x)["logits"], x_val, runtime)
+        metrics = {"stage": "reprogram", "epoch": epoch, "loss": losses.get("loss", 0.0),
                    "teacher_val_acc": accuracy(val_logits, y_val), "seconds": time.perf_counter() - start}
         history.append(metrics)
         logger.info("stage 1 epoch %d/%d  loss %.4f  teacher val acc %.4f", epoch + 1, rcfg.epochs,
                     metrics["loss"], metrics["teacher_val_acc"])
         on_epoch_end(epoch, metrics)
+
+    fit(model, step, optimizer, len(data.train), rcfg.batch_size, torch.Generator().manual_seed(config.seed),
+        rcfg.epochs, runtime, "stage-1 cross-entropy", end_epoch, scheduler)
     model.eval()
+
+    def outputs(inputs: torch.Tensor, label: str | None = None) -> torch.Tensor:
+        return infer(lambda x: torch.cat(list(model.forward(x).values()), 1), inputs, runtime, label=label)
+
     train_out = outputs(x_train)
-    val_out = outputs(f_val if static else data.val.images)
+    val_out = outputs(x_val)
     unl_out = None
     if len(data.unlabeled):
         unl_out = (outputs(f_unl) if static else  # one teacher pass over the pool per trainable setting
-                   _predict(lambda x: torch.cat(list(model.forward(x).values()), 1), data.unlabeled, runtime,
-                            label=f"teacher pass (unlabeled, {len(data.unlabeled)} images)"))
+                   outputs(data.unlabeled, label=f"teacher pass (unlabeled, {len(data.unlabeled)} images)"))
     d = rcfg.proxy_dim
     state = {name: {k: v.detach().cpu() for k, v in getattr(model, name).state_dict().items()}
              for name in ("transform", "projector", "classifier")}
@@ -279,7 +250,7 @@ class _HeadOnly(nn.Module):
 
 def distill_student(student: DeployedStudent, phases: list[Phase], config: PipelineConfig, data: TargetData,
                     runtime: Runtime, z_t: torch.Tensor | None, t_logits: torch.Tensor | None,
-                    on_epoch_end: EpochCallback = _noop, stage: str = "distill",
+                    on_epoch_end: EpochCallback = no_callback, stage: str = "distill",
                     z_u: torch.Tensor | None = None, logits_u: torch.Tensor | None = None,
                     reference: Reference | None = None) -> list[dict[str, Any]]:
     """Train ``student`` through ``phases``, evaluating on val after every epoch.
@@ -315,56 +286,47 @@ def distill_student(student: DeployedStudent, phases: list[Phase], config: Pipel
     optimizer = torch.optim.AdamW(student.parameters(), lr=dcfg.lr, weight_decay=dcfg.weight_decay)
     gen = torch.Generator().manual_seed(config.seed + 1)
     n_rows = len(data.unlabeled) if pooled else len(data.train)
-    per_epoch = len(_train_batches(n_rows, dcfg.batch_size, torch.Generator().manual_seed(0)))
+    per_epoch = steps_per_epoch(n_rows, dcfg.batch_size)
     total_epochs = sum(p.epochs for p in phases)
     scheduler = cosine_schedule(optimizer, total_epochs * per_epoch, warmup=min(per_epoch, 10))
     history: list[dict[str, Any]] = []
-    step = 0
 
     def cat(a: torch.Tensor | None, ia: torch.Tensor, b: torch.Tensor | None, ib: torch.Tensor) -> torch.Tensor | None:
         return None if a is None or b is None else torch.cat([a[ia], b[ib]])
 
+    def losses(phase: Phase, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        with runtime.autocast():
+            if pooled:
+                lab = labelled.take(n_lab).to(runtime.device)
+                out = distiller(torch.cat([x[lab], xu[idx]]), y[lab], cat(z_t, lab, z_u, idx),
+                                cat(t_logits, lab, logits_u, idx), phase)
+            else:
+                out = distiller(x[idx], y[idx], None if z_t is None else z_t[idx],
+                                None if t_logits is None else t_logits[idx], phase)
+        return {k: out[k] for k in LOSSES}
+
+    def end_epoch(phase: Phase, _: int, means: dict[str, float]) -> None:
+        if dcfg.bn_recalibrate:
+            recalibrate_batchnorm(student, bn_images, runtime, EVAL_BATCH)
+        student.eval()
+        val_logits = infer(student, data.val.images, runtime)
+        val_acc = accuracy(val_logits, y_val)
+        step = len(history)
+        metrics = {"stage": stage, "epoch": step, "phase": phase.index + 1, "val_acc": val_acc,
+                   "val_loss": float(F.cross_entropy(val_logits, y_val)),
+                   "temperature": phase.temperature, **{k: means.get(k, 0.0) for k in LOSSES},
+                   "seconds": time.perf_counter() - start}
+        if reference is not None:
+            metrics["agreement"] = accuracy(infer(student, reference.images, runtime), runtime.put(reference.labels))
+        history.append(metrics)
+        logger.info("%s epoch %d/%d (phase %d)  loss %.4f  val acc %.4f", stage, step + 1, total_epochs,
+                    phase.index + 1, metrics["loss"], val_acc)
+        on_epoch_end(step, metrics)
+
     for phase in phases:
         student.classifier.requires_grad_(phase.train_classifier)
-        for _ in range(phase.epochs):
-            student.train()
-            sums = {"loss": 0.0, "feat": 0.0, "kd": 0.0, "ce": 0.0}
-            count = 0
-            for idx in _train_batches(n_rows, dcfg.batch_size, gen):
-                idx = idx.to(runtime.device)
-                with runtime.autocast():
-                    if pooled:
-                        lab = labelled.take(n_lab).to(runtime.device)
-                        out = distiller(torch.cat([x[lab], xu[idx]]), y[lab], cat(z_t, lab, z_u, idx),
-                                        cat(t_logits, lab, logits_u, idx), phase)
-                    else:
-                        out = distiller(x[idx], y[idx], None if z_t is None else z_t[idx],
-                                        None if t_logits is None else t_logits[idx], phase)
-                check_finite(out["loss"], f"{stage} (phase {phase.index + 1})")
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                optimizer.step()
-                scheduler.step()
-                for k in sums:
-                    sums[k] += float(out[k].detach()) * len(idx)
-                count += len(idx)
-            if dcfg.bn_recalibrate:
-                recalibrate_batchnorm(student, bn_images, runtime, EVAL_BATCH)
-            student.eval()
-            val_logits = _predict(student, data.val.images, runtime)
-            val_acc = accuracy(val_logits, y_val)
-            metrics = {"stage": stage, "epoch": step, "phase": phase.index + 1, "val_acc": val_acc,
-                       "val_loss": float(F.cross_entropy(val_logits, y_val)),
-                       "temperature": phase.temperature, **{k: v / max(count, 1) for k, v in sums.items()},
-                       "seconds": time.perf_counter() - start}
-            if reference is not None:
-                metrics["agreement"] = accuracy(_predict(student, reference.images, runtime),
-                                                runtime.put(reference.labels))
-            history.append(metrics)
-            logger.info("%s epoch %d/%d (phase %d)  loss %.4f  val acc %.4f", stage, step + 1, total_epochs,
-                        phase.index + 1, metrics["loss"], val_acc)
-            on_epoch_end(step, metrics)
-            step += 1
+        fit(student, partial(losses, phase), optimizer, n_rows, dcfg.batch_size, gen, phase.epochs, runtime,
+            f"{stage} (phase {phase.index + 1})", partial(end_epoch, phase), scheduler)
     student.classifier.requires_grad_(True)
     return history
 
@@ -393,7 +355,7 @@ def _probe_features(teacher: FrozenTeacher, images: torch.Tensor, runtime: Runti
                     label: str | None = None) -> torch.Tensor:
     """The frozen teacher's pooled features of ``images`` behind the ``resize`` front end."""
     transform = runtime.module(build_transform("resize", teacher.input_size, teacher.mean, teacher.std))
-    return _predict(lambda x: teacher(transform(x)), images, runtime, label=label)
+    return infer(lambda x: teacher(transform(x)), images, runtime, label=label)
 
 
 def reference_labels(config: PipelineConfig, data: TargetData, cache: Any = None,
@@ -419,25 +381,22 @@ def reference_labels(config: PipelineConfig, data: TargetData, cache: Any = None
 
 def _linear_probe(config: PipelineConfig, feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
                   runtime: Runtime) -> nn.Module:
-    """A linear head trained with cross-entropy on frozen teacher features."""
+    """A linear head trained with cross-entropy on frozen teacher features (``config.reprogram``'s settings)."""
     seed_everything(config.seed)
     head = runtime.module(nn.Linear(feats.shape[1], num_classes))
     feats, labels = runtime.put(feats), runtime.put(labels)
     rcfg = config.reprogram
     optimizer = torch.optim.AdamW(head.parameters(), lr=rcfg.lr, weight_decay=rcfg.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    for _ in range(rcfg.epochs):
-        for idx in _train_batches(len(labels), rcfg.batch_size, gen):
-            idx = idx.to(runtime.device)
-            loss = F.cross_entropy(head(feats[idx]).float(), labels[idx])
-            check_finite(loss, "linear probe")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+
+    def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": F.cross_entropy(head(feats[idx]).float(), labels[idx])}  # full precision: no autocast
+
+    fit(head, step, optimizer, len(labels), rcfg.batch_size, torch.Generator().manual_seed(config.seed), rcfg.epochs,
+        runtime, "linear probe")
     return head.eval()
 
 
-def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, data: TargetData | None = None,
+def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = no_callback, data: TargetData | None = None,
                  teacher_side: TeacherSide | None = None, cache: Any = None,
                  reference: Reference | None = None) -> PipelineResult:
     """Run ``config`` end to end and return its metrics and deployed model.
@@ -524,7 +483,7 @@ def run_pipeline(config: PipelineConfig, on_epoch_end: EpochCallback = _noop, da
     seconds["stage2"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     student.eval()
-    test_acc = accuracy(_predict(student, data.test.images, runtime), runtime.put(data.test.labels))
+    test_acc = accuracy(infer(student, data.test.images, runtime), runtime.put(data.test.labels))
     seconds["eval"] = time.perf_counter() - t0
     metrics.update(
         val_acc=history[-1]["val_acc"], test_acc=test_acc, teacher_val_acc=teacher_val_acc,

@@ -85,3 +85,15 @@ def copy_study(smoke_study, tmp_path) -> Path:
     dst = tmp_path / "study"
     shutil.copytree(smoke_study, dst)
     return dst
+
+
+#: Fixtures that start a real study: a test using one is slow.
+STUDY_FIXTURES = {"smoke_study", "copy_study"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that uses a real study fixture (``make test-fast`` leaves them out);
+    tests that start studies themselves carry the marker in their module or on their function."""
+    for item in items:
+        if STUDY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

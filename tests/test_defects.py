@@ -36,6 +36,8 @@ import yaml
 from conftest import ROOT, SMOKE_SPACE, cli_args, run_cli
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.slow  # real studies run from the command line
+
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 

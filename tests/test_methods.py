@@ -13,6 +13,8 @@ import pytest
 from tdmr_search.config import config_from_dict
 from tdmr_search.pipeline.run import run_pipeline
 
+pytestmark = pytest.mark.slow  # each method trains for tens of epochs
+
 CHANCE = 0.1
 
 CONFIG = {

@@ -18,6 +18,8 @@ import yaml
 from conftest import ROOT, SMOKE_SPACE, cli_args, run_cli
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.slow  # real studies, workers and signals
+
 DATABASES = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",

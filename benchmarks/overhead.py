@@ -96,6 +96,7 @@ def install(acc: Accountant) -> dict[str, Any]:
     import optuna
 
     import tdmr_search.data as data_mod
+    import tdmr_search.pipeline.methods as methods_mod
     import tdmr_search.pipeline.run as run_mod
     import tdmr_search.search.objective as obj_mod
     import tdmr_search.search.preflight as preflight_mod
@@ -145,7 +146,7 @@ def install(acc: Accountant) -> dict[str, Any]:
     obj_mod.deployed_cost = acc.wrap("flops_gate", obj_mod.deployed_cost)
     run_mod.deployed_cost = acc.wrap("flops_gate", run_mod.deployed_cost)
     run_mod.build_student = acc.wrap("model_construction", run_mod.build_student)
-    run_mod.build_teacher = acc.wrap("model_construction", run_mod.build_teacher)
+    methods_mod.build_teacher = acc.wrap("model_construction", methods_mod.build_teacher)  # the teacher sides build it
     obj_mod.Objective.config_for = acc.wrap("config", obj_mod.Objective.config_for)
     obj_mod.Objective._upload = acc.wrap("store_artifacts", obj_mod.Objective._upload)
     study_mod._keep_best_weights = acc.wrap("store_artifacts", study_mod._keep_best_weights)

@@ -9,11 +9,13 @@ import torch
 import yaml
 from conftest import TINY_CONFIG, run_cli
 
+from tdmr_search.config import METHODS as METHOD_NAMES
 from tdmr_search.config import TeacherConfig, config_from_dict, load_config
 from tdmr_search.errors import BudgetError
 from tdmr_search.models.students import build_student
 from tdmr_search.models.teachers import build_teacher
-from tdmr_search.pipeline.loop import Runtime, accuracy, recalibrate_batchnorm
+from tdmr_search.pipeline.loop import Runtime, accuracy, recalibrate_batchnorm, steps_per_epoch, train_batches
+from tdmr_search.pipeline.methods import METHODS
 from tdmr_search.pipeline.run import distill_student, reprogram_teacher, run_pipeline
 from tdmr_search.pipeline.stages import kd_loss, plan_phases
 
@@ -69,6 +71,28 @@ def test_teacher_is_frozen_through_stage_1(tiny_config, digits_data, name):
     assert len(side.history) == config.reprogram.epochs
     assert side.z_train.shape == (len(digits_data.train), config.reprogram.proxy_dim)
     assert side.logits_val.shape == (len(digits_data.val), digits_data.num_classes)
+
+
+# ----------------------------------------------------------------------------- the loop and the methods
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 7, 32])
+@pytest.mark.parametrize("n", [0, 1, 2, 8, 31, 32, 33, 65])
+def test_steps_per_epoch_counts_the_batches_an_epoch_draws(n, batch_size):
+    drawn = train_batches(n, batch_size, torch.Generator().manual_seed(0))
+    assert steps_per_epoch(n, batch_size) == len(drawn)
+    if batch_size > 1 and len(drawn) > 1:
+        assert len(drawn[-1]) > 1  # a trailing batch of one is dropped (batch norm cannot train on it)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_every_configurable_method_is_registered(name, fast_config):
+    method = METHODS.create(name)
+    assert method.stage
+    if method.trains_student:
+        phases = method.phases(fast_config.distill)
+        assert sum(p.epochs for p in phases) == fast_config.distill.epochs
+        assert phases[-1].train_classifier and phases[-1].w_ce > 0
 
 
 # ----------------------------------------------------------------------------- progressive distillation

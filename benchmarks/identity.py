@@ -68,7 +68,9 @@ def env() -> dict[str, str]:
 
 
 def cli(*args: str, cwd: Path) -> None:
-    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); "
+    # torch's starting seed differs per process: fix it, so a random-weights teacher built before
+    # anything seeds (the probe's) is the same in every run
+    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); torch.manual_seed(12345); "
            "from tdmr_search.cli import main; sys.exit(main(sys.argv[1:]))", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=1800)
     if proc.returncode:

@@ -78,9 +78,17 @@ def _hub(name: str, img_size: int | None) -> nn.Module:
         ) from None
 
 
+#: The seed of a ``random``-weights teacher's initialisation: one random teacher in every process,
+#: so the teacher cache (keyed by name and weight source), the workers' pruning reference, the
+#: baselines and the trials all see the same teacher. The caller's random state is left as it was.
+RANDOM_TEACHER_SEED = 0
+
+
 @WEIGHT_SOURCES.register("random")
 def _random(name: str, img_size: int | None) -> nn.Module:
-    return create_timm(name, "teacher.name", img_size=img_size, pretrained=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_TEACHER_SEED)
+        return create_timm(name, "teacher.name", img_size=img_size, pretrained=False)
 
 
 @WEIGHT_SOURCES.register("package")

@@ -558,7 +558,8 @@ def case_folder(request, tmp_path) -> Callable[[Case], Path]:
     return make
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=(*c.marks, *([pytest.mark.slow] if c.smoke else [])))
+                                  for c in CASES])
 def test_bad_input(case: Case, case_folder, monkeypatch, capsys):
     folder = case_folder(case)
     before = _snapshot(folder)
@@ -577,6 +578,7 @@ def test_catalogue_ids_are_unique():
 REAL = ("unknown-teacher", "store-database-down", "budget-word")
 
 
+@pytest.mark.slow
 def test_real_processes_print_one_error_line(case_folder):
     cases = {c.id: c for c in CASES}
     folders = {name: case_folder(cases[name]) for name in REAL}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import pytest
 import torch
 
 from tdmr_search.pipeline.cache import TeacherCache, cache_key
@@ -14,6 +15,7 @@ def _weights(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_hit_gives_the_same_stage2_result_as_a_miss_and_as_no_cache(tmp_path, tiny_config, digits_data):
     plain = run_pipeline(tiny_config, data=digits_data)
     cache = TeacherCache(tmp_path / "cache")
@@ -75,6 +77,7 @@ def _worker(folder: str, barrier, out) -> None:
     out.put((side.cache_hit, side.z_train.sum().item()))
 
 
+@pytest.mark.slow
 def test_two_processes_asking_at_once_compute_once(tmp_path):
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()

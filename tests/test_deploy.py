@@ -129,6 +129,7 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_class_names_round_trip_through_a_study_and_export(image_folder, tmp_path):
     """The README's 'your own images' path: image folder -> validate -> run -> export -> predict."""
     space = yaml.safe_load(SMOKE_SPACE.read_text())
@@ -216,6 +217,7 @@ def test_predict_failures_are_one_line(exported, tmp_path):
     assert proc.returncode == 2 and "--top-k must be an integer from 1 to the model's 10 classes" in proc.stderr
 
 
+@pytest.mark.slow
 def test_predict_a_trained_folder_without_onnx(tmp_path, mixed_folder):
     """`train --out` writes the deployment as export does; without its ONNX file predict runs PyTorch."""
     from conftest import TINY_CONFIG

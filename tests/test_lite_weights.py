@@ -48,6 +48,7 @@ def _foolbox_imagenet_samples() -> list[tuple[pathlib.Path, int]]:
     return samples
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timm_name", sorted(PACKAGED_LITE))
 def test_packaged_lite_classifies_imagenet_samples(timm_name: str) -> None:
     package = PACKAGED_LITE[timm_name]

@@ -188,6 +188,7 @@ def test_recalibrate_batchnorm_computes_the_exact_statistics(tiny_config, digits
     assert not recalibrate_batchnorm(vit, torch.zeros(2, 3, 32, 32), runtime)  # no batch norm: nothing to do
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tdmr", "scratch", "kd"])
 def test_deployed_student_carries_statistics_of_the_train_images(method, method_runs, digits_data):
     """The last validation (and so the exported model) used statistics re-estimated on the train images."""
@@ -300,6 +301,7 @@ def _fast_yaml(tmp_path, **changes):
     return path
 
 
+@pytest.mark.slow
 def test_cli_train_end_to_end(tmp_path):
     from tdmr_search import load_deployed
     from tdmr_search.data import load_data

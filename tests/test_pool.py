@@ -90,6 +90,7 @@ def test_a_pool_larger_than_what_is_left_is_a_one_line_error():
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tdmr", "kd"])
 def test_pool_labels_are_never_read(method, shuffled_dataset):
     """Changing every pool label in the source changes nothing, bit for bit (CPU)."""
@@ -102,6 +103,7 @@ def test_pool_labels_are_never_read(method, shuffled_dataset):
     _same_result(run_pipeline(config, data=data), run_pipeline(shuffled_cfg, data=shuffled))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transform", ["resize", "pad"])
 def test_hit_equals_miss_with_a_pool(tmp_path, transform):
     config = _pool_config(**{"reprogram.transform": transform})
@@ -115,6 +117,7 @@ def test_hit_equals_miss_with_a_pool(tmp_path, transform):
     _same_result(plain, hit)
 
 
+@pytest.mark.slow
 def test_resize_front_end_pays_the_teacher_once_for_every_proxy_size_and_for_kd(tmp_path):
     config = _pool_config(**{"reprogram.transform": "resize"})
     data = load_data(config.data, config.seed)

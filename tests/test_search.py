@@ -140,6 +140,7 @@ def test_pruner_prunes_a_trial(tmp_path):
     assert seconds["stage2"] > 0 and seconds["stage1"] >= 0
 
 
+@pytest.mark.slow
 def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     space = yaml.safe_load(SMOKE_SPACE.read_text())
     # a real teacher weights file of the wrong architecture: every trial fails in stage 1
@@ -159,6 +160,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
         assert "does not fit teacher 'test_vit'" in t.user_attrs["failure_reason"]
 
 
+@pytest.mark.slow
 def test_no_feasible_student_is_a_clear_error_before_training(tmp_path):
     space = yaml.safe_load(SMOKE_SPACE.read_text())
     space["max_flops"] = "10k"
@@ -173,6 +175,7 @@ def test_no_feasible_student_is_a_clear_error_before_training(tmp_path):
     assert not (tmp_path / "studies" / "tiny.db").exists()
 
 
+@pytest.mark.slow
 def test_validate_lists_feasible_students(tmp_path):
     out = run_cli("validate", str(SMOKE_SPACE), cwd=tmp_path).stdout
     assert "students fit" in out and "test_vit@16" in out and "over the cap" in out

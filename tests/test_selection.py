@@ -37,6 +37,7 @@ def _fixed_trial(space, fit):
     return optuna.trial.FixedTrial(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unlabeled", [300, 0])
 def test_objective_reports_the_low_noise_signal(tmp_path, unlabeled):
     space = _space(tmp_path, unlabeled)

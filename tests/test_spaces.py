@@ -47,6 +47,7 @@ def test_every_space_is_tested():
     assert {"smoke", "demo", "default", "gpu"} <= names, names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
 def test_space_loads_preflights_and_samples_valid_configs(path: Path):
     space = load_space(path)
@@ -97,6 +98,7 @@ def _smoke_variant(tmp_path: Path, name: str, base: dict[str, dict[str, object]]
     return path
 
 
+@pytest.mark.slow
 def test_run_preflight_builds_a_teacher_with_a_null_input_size(tmp_path):
     # Regression (issue 12): `run` passed teacher.input_size=None to the size check and stopped
     # before any trial ("cannot run at teacher.input_size=None"); `validate` guarded it. Both now
@@ -144,6 +146,7 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_default_space_without_a_network_is_one_line(tmp_path, command):
     args = ["validate", str(ROOT / "spaces" / "default.yaml")] if command == "validate" else [
@@ -161,6 +164,7 @@ def test_default_space_without_a_network_is_one_line(tmp_path, command):
     assert not (tmp_path / "studies" / "offline.db").exists()
 
 
+@pytest.mark.slow
 def test_a_torchvision_dataset_without_download_names_data_download(tmp_path):
     path = _smoke_variant(tmp_path, "nodl", {"data": {"dataset": "cifar10", "root": str(tmp_path / "none"), "shots": 5}})
     proc = run_cli("validate", str(path), cwd=tmp_path, check=False)
@@ -169,6 +173,7 @@ def test_a_torchvision_dataset_without_download_names_data_download(tmp_path):
     assert "'cifar10' is not in" in line and "data.download: true" in line and "data.root" in line
 
 
+@pytest.mark.slow
 def test_the_gpu_space_runs_a_trial_on_the_cpu_with_tiny_stand_ins(tmp_path):
     # spaces/gpu.yaml as shipped (pool + views, batch 256 + 64 labelled, its searched parameters),
     # with the teacher, students and data swapped for tiny offline ones and its epochs cut.

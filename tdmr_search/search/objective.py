@@ -18,6 +18,7 @@ import torch
 from tdmr_search import progress
 from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
+from tdmr_search.deploy import deployed_record
 from tdmr_search.errors import DiskError, Interrupted, TdmrError, TrialFailed
 from tdmr_search.fsio import disk_error, is_disk_error
 from tdmr_search.pipeline.run import MODEL_FILE, Reference, deployed_cost, reference_labels, run_pipeline
@@ -159,11 +160,7 @@ class Objective:
             trial.number, val_acc=m.get("val_acc"), test_acc=m.get("test_acc"),
             teacher_val_acc=m.get("teacher_val_acc"), teacher_cached=m.get("teacher_cached"),
             history=m.get("history"), data=m.get("data"), seconds={k: round(v, 3) for k, v in seconds.items()},
-            deployed={
-                "student": config.student.name, "resolution": config.student.resolution,
-                "in_chans": data.channels, "image_size": data.image_size, "num_classes": data.num_classes,
-                "proxy_dim": config.reprogram.proxy_dim, "class_names": data.class_names,
-            },
+            deployed=deployed_record(config, data),
             tdmr_search_version=__version__,
         )
         for key, value in record.to_user_attrs().items():

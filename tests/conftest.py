@@ -56,10 +56,15 @@ def cli_args(args: tuple[str, ...] | list[str]) -> list[str]:
     return args
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m tdmr_search ARGS`` in ``cwd`` as a user would (``run``: see ``cli_args``)."""
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 300,
+            user_defaults: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m tdmr_search ARGS`` in ``cwd`` as a user would.
+
+    A ``run`` gets ``--reevaluate 0`` (see ``cli_args``) unless ``user_defaults``: then it runs
+    with every default a user gets, re-evaluation included.
+    """
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    args = tuple(cli_args(args))
+    args = tuple(args if user_defaults else cli_args(args))
     proc = subprocess.run([sys.executable, "-m", "tdmr_search", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
     if check and proc.returncode != 0:
@@ -74,7 +79,8 @@ def smoke_study(tmp_path_factory) -> Path:
     Tests must not change it: copy it first (``copy_study``) to write to it.
     """
     folder = tmp_path_factory.mktemp("smoke-study")
-    proc = run_cli("run", "--study", "smoke", "--space", str(SMOKE_SPACE), "--budget", "3", cwd=folder)
+    proc = run_cli("run", "--study", "smoke", "--space", str(SMOKE_SPACE), "--budget", "3", cwd=folder,
+                   user_defaults=True)  # the defaults: re-evaluation of the 3 best, then the baselines
     (folder / "run.log").write_text(proc.stderr)  # what the user saw on stderr (the log)
     return folder
 

@@ -184,3 +184,57 @@ def test_export_best_status_and_summary_follow_the_mean(copy_study):
     status = run_cli("status", "--study", "smoke", cwd=copy_study).stdout
     assert "PICK mean 0.9000" in status
     assert summary(study, "sqlite:///x.db", copy_study).splitlines()[1].startswith(f"best trial {runner_up.number}:")
+
+
+def test_reevaluation_killed_with_sigkill_resumes_with_what_is_missing(copy_study):
+    """A real process re-evaluating a finished study is killed (SIGKILL) after its first recorded
+    run; the same command then does only the runs left, and what was recorded stays as it was."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    from tdmr_search.search.reevaluate import ATTR, reevaluation
+
+    url = f"sqlite:///{copy_study}/studies/smoke.db"
+    study = _smoke(copy_study)
+    study.set_user_attr(ATTR, {})  # as if the search had just finished
+    n_trials = len(study.trials)
+    args = [sys.executable, "-m", "tdmr_search", "run", "--study", "smoke", "--space", str(SMOKE_SPACE),
+            "--budget", "3", "--reevaluate", "2", "--folds", "3", "--no-baselines", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(args, cwd=copy_study, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.communicate()}"
+            runs = sum(len(e["val_acc_seeds"]) - 1
+                       for e in reevaluation(optuna.load_study(study_name="smoke", storage=url)).values())
+            if runs >= 1:
+                break
+            assert time.monotonic() < deadline, "no re-evaluation run was recorded in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    before = reevaluation(optuna.load_study(study_name="smoke", storage=url))
+    recorded = sum(len(e["val_acc_seeds"]) - 1 for e in before.values())
+    assert 1 <= recorded < 4, before  # killed in the middle: some runs recorded, not all
+    # mark the recorded runs (CPU runs repeat bit for bit, so a redone run would look the same)
+    for entry in before.values():
+        entry["val_acc_seeds"][1:] = [0.123] * (len(entry["val_acc_seeds"]) - 1)
+    optuna.load_study(study_name="smoke", storage=url).set_user_attr(ATTR, {str(n): e for n, e in before.items()})
+
+    from conftest import run_cli
+
+    run_cli(*args[3:], cwd=copy_study)
+    after = optuna.load_study(study_name="smoke", storage=url)
+    record = reevaluation(after)
+    assert len(after.trials) == n_trials  # re-evaluation only: no trial added or replaced
+    assert sorted(len(e["val_acc_seeds"]) for e in record.values()) == [3, 3]
+    for number, entry in before.items():  # what was recorded before the kill is kept (marks and all), not redone
+        assert record[number]["val_acc_seeds"][:len(entry["val_acc_seeds"])] == entry["val_acc_seeds"]

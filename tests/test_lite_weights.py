@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 Image = pytest.importorskip("PIL.Image")
 
-from tdmr_search.errors import ModelError
-from tdmr_search.models import lite
-from tdmr_search.models.lite import (
+from tdmr_search.errors import ModelError  # noqa: E402 (after the importorskips)
+from tdmr_search.models import lite  # noqa: E402
+from tdmr_search.models.lite import (  # noqa: E402
     PACKAGED_LITE,
     convert_lite_state_dict,
     load_packaged_lite,

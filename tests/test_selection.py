@@ -231,7 +231,8 @@ def test_reevaluation_killed_with_sigkill_resumes_with_what_is_missing(copy_stud
 
     from conftest import run_cli
 
-    run_cli(*args[3:], cwd=copy_study)
+    proc = run_cli(*args[3:], cwd=copy_study)
+    assert f"re-evaluation: {4 - recorded} of its 4 training runs left" in proc.stderr, proc.stderr
     after = optuna.load_study(study_name="smoke", storage=url)
     record = reevaluation(after)
     assert len(after.trials) == n_trials  # re-evaluation only: no trial added or replaced

@@ -61,6 +61,15 @@ def runs_needed(study: optuna.Study, k: int, folds: int) -> int:
                for t in _single_best(study, k))
 
 
+def resume_note(study: optuna.Study, k: int, folds: int) -> str | None:
+    """A line for the log when an earlier run already recorded part of the re-evaluation."""
+    full = len(_single_best(study, k)) * max(folds - 1, 0)
+    left = runs_needed(study, k, folds)
+    if left >= full:
+        return None
+    return f"re-evaluation: {left} of its {full} training runs left (an earlier run recorded the rest)"
+
+
 def reevaluate(study: optuna.Study, data: TargetData, k: int, folds: int, cache: Any = None,
                check_stop: Callable[[], None] = lambda: None,
                on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[int, dict[str, Any]]:

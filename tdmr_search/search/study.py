@@ -142,7 +142,7 @@ def _finish(settings: SearchSettings, space: SearchSpace, deadline: float | None
 
     Both stop at the deadline or on a signal; what finished is kept (a rerun resumes them).
     """
-    from tdmr_search.search.reevaluate import reevaluate
+    from tdmr_search.search.reevaluate import reevaluate, resume_note
 
     url = settings.storage or ""
     study = load_study(settings.study, url)
@@ -152,6 +152,9 @@ def _finish(settings: SearchSettings, space: SearchSpace, deadline: float | None
         check_stop(deadline)
         data = load_data(space.base.data, space.base.seed)
         if settings.reevaluate > 0:
+            note = resume_note(study, settings.reevaluate, settings.folds)
+            if note:
+                logger.info(note)
             reevaluate(study, data, settings.reevaluate, settings.folds, cache, check_stop=lambda: check_stop(deadline))
         if settings.baselines:
             run_baselines(study, space, data, deadline, cache)

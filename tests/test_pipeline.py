@@ -15,7 +15,7 @@ from tdmr_search.errors import BudgetError
 from tdmr_search.models.students import build_student
 from tdmr_search.models.teachers import build_teacher
 from tdmr_search.pipeline.loop import Runtime, accuracy, recalibrate_batchnorm, steps_per_epoch, train_batches
-from tdmr_search.pipeline.methods import METHODS
+from tdmr_search.pipeline.methods import METHODS, Method
 from tdmr_search.pipeline.run import distill_student, reprogram_teacher, run_pipeline
 from tdmr_search.pipeline.stages import kd_loss, plan_phases
 
@@ -89,6 +89,9 @@ def test_steps_per_epoch_counts_the_batches_an_epoch_draws(n, batch_size):
 def test_every_configurable_method_is_registered(name, fast_config):
     method = METHODS.create(name)
     assert method.stage
+    # each method defines the hook its kind needs (the base class's hooks raise NotImplementedError)
+    hook = "phases" if method.trains_student else "evaluate"
+    assert getattr(type(method), hook) is not getattr(Method, hook), f"{name} does not define {hook}()"
     if method.trains_student:
         phases = method.phases(fast_config.distill)
         assert sum(p.epochs for p in phases) == fast_config.distill.epochs

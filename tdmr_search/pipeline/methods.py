@@ -151,11 +151,11 @@ class Method:
 
     def phases(self, dcfg: DistillConfig) -> list[Phase]:
         """The student's training phases: loss weights, temperature, epochs."""
-        raise NotImplementedError
+        raise NotImplementedError(f"method {type(self).__name__} trains a student, so it must define phases()")
 
     def evaluate(self, run: MethodInputs) -> dict[str, Any]:
         """The metrics of a method without a student: val_acc, test_acc, teacher_val_acc, flops, params."""
-        raise NotImplementedError
+        raise NotImplementedError(f"method {type(self).__name__} trains no student, so it must define evaluate()")
 
 
 #: The methods by name (``config.method``), each a :class:`Method`.

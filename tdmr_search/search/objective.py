@@ -18,10 +18,10 @@ import torch
 from tdmr_search import progress
 from tdmr_search.config import PipelineConfig
 from tdmr_search.data import TargetData
-from tdmr_search.deploy import deployed_record
+from tdmr_search.deploy import MODEL_FILE, deployed_record
 from tdmr_search.errors import DiskError, Interrupted, TdmrError, TrialFailed
 from tdmr_search.fsio import disk_error, is_disk_error
-from tdmr_search.pipeline.run import MODEL_FILE, Reference, deployed_cost, reference_labels, run_pipeline
+from tdmr_search.pipeline.run import Reference, deployed_cost, reference_labels, run_pipeline
 from tdmr_search.search.pruning import SIGNAL_NO_POOL, pruning_signal
 from tdmr_search.search.record import TrialRecord
 from tdmr_search.search.space import STUDENT_PARAM, SearchSpace, StudentChoice
